@@ -1,0 +1,3 @@
+from autotaper.cli import main
+
+raise SystemExit(main())

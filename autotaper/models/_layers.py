@@ -1,0 +1,19 @@
+"""Pieces shared by the families: residual updates on a slice of the stream, attention."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def add_to_stream(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x (B, T, D) + y (B, T, d) on the first d channels; d == D is the ordinary residual."""
+    d, D = y.shape[-1], x.shape[-1]
+    return x + y if d == D else x + F.pad(y, (0, D - d))
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """q (B, h, T, hd), k and v (B, kv, T, hd) with h a multiple of kv -> (B, T, h * hd)."""
+    B, h, T, hd = q.shape
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != h)
+    return y.transpose(1, 2).reshape(B, T, h * hd)
