@@ -88,6 +88,107 @@ def format_plan(sol) -> str:
     return "\n".join(lines)
 
 
+# -- train / compare ---------------------------------------------------------------------
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
+    p.add_argument("--data", help="text file, directory, glob, .bin/.npy tokens, or hf:PATH "
+                   "(default: the embedded standard-library corpus)")
+    p.add_argument("--tokenizer", default="bytes", choices=["bytes", "bpe"])
+    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default 4096)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step (default 16)")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "wsd", "constant"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--eval-every", type=int, help="steps between evaluations (default: 4 per run)")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: end only)")
+    p.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl rows")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
+
+
+def _train_config(args, seed: int):
+    from autotaper.train import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                       schedule=args.schedule, precision=args.precision, device=args.device,
+                       compile=args.compile, eval_every=args.eval_every,
+                       checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=seed)
+
+
+def _data_and_baseline(args):
+    import dataclasses
+
+    from autotaper.data import load_data
+
+    data = load_data(args.data, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+    base = _baseline(args)
+    return data, dataclasses.replace(base, vocab_size=data.vocab_size)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
+
+
+def cmd_train(args) -> int:
+    from autotaper.solve import solve
+    from autotaper.train import train
+
+    config = _train_config(args, args.seed)
+    data, base = _data_and_baseline(args)
+    spec = solve(base, args.taper, constraint=args.constraint, tolerance=args.tolerance)
+    out = args.out or f"runs/train/{args.preset}-{_slug(spec.taper)}-seed{args.seed}-{args.steps}steps"
+    result = train(spec, data, config, out_dir=out, quiet=args.quiet)
+    summary = {k: v for k, v in result.to_dict().items() if k != "history"}
+    print(f"{result.status}{' (' + result.reason + ')' if result.reason else ''}: {spec.taper} on "
+          f"{args.preset}, {result.steps} steps, seed {args.seed}, corpus {data.name}", file=sys.stderr)
+    bpb = "n/a" if result.val_bpb is None else f"{result.val_bpb:.4f}"
+    loss = "n/a" if result.val_loss is None or result.val_loss != result.val_loss else f"{result.val_loss:.4f}"
+    print(f"val_loss {loss}  val_bpb {bpb}  {result.tokens_per_s:,.0f} tokens/s  "
+          f"precision {result.precision}  run dir {out}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary))
+    return 0 if result.status != "diverged" else 1
+
+
+def cmd_compare(args) -> int:
+    from autotaper.solve import solve
+    from autotaper.stats import paired
+    from autotaper.train import train
+
+    data, base = _data_and_baseline(args)
+    specs = {"uniform": base, args.taper: solve(base, args.taper, constraint=args.constraint,
+                                                tolerance=args.tolerance)}
+    rows = []
+    for seed in range(args.seeds):
+        row = {"seed": seed}
+        for name, spec in specs.items():
+            out = f"{args.out}/{_slug(spec.taper)}-seed{seed}" if args.out else None
+            r = train(spec, data, _train_config(args, seed), out_dir=out, quiet=args.quiet)
+            if r.status != "complete" or r.val_bpb is None:
+                raise ValueError(f"{name} seed {seed} did not complete: {r.status} {r.reason or ''}")
+            row["uniform" if name == "uniform" else "taper"] = r.val_bpb
+            row.setdefault("fingerprints", []).append(r.data_fingerprint)
+        row["delta"] = row["taper"] - row["uniform"]
+        rows.append(row)
+        print(f"seed {seed}: uniform {row['uniform']:.4f}  taper {row['taper']:.4f}  "
+              f"delta {row['delta']:+.4f} bpb", file=sys.stderr)
+    stats = paired([r["delta"] for r in rows])
+    if stats.ci95:
+        verdict = ("taper better" if stats.ci95[1] < 0 else "uniform better" if stats.ci95[0] > 0
+                   else "no difference beyond seed noise")
+        line = (f"{specs[args.taper].taper} vs uniform: delta bpb {stats.mean:+.4f} "
+                f"(95% CI {stats.ci95[0]:+.4f} .. {stats.ci95[1]:+.4f}, {stats.n} paired seeds): {verdict}")
+    else:
+        line = f"delta bpb {stats.mean:+.4f} from one seed: no interval; use --seeds 3 or more"
+    print(line, file=sys.stderr)
+    if args.json:
+        print(json.dumps({"taper": specs[args.taper].taper, "seeds": rows, "paired": stats.to_dict()}))
+    return 0
+
+
 def cmd_presets(args) -> int:
     from autotaper.cost import count
     from autotaper.spec import PRESETS, ModelSpec
@@ -115,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("train", help="train one model (a proxy run, or full size with torchrun)")
+    _add_model_args(p, taper_required=False)
+    _add_train_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="run directory (default runs/train/...); an existing run resumes")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="a taper against uniform on paired seeds, with a 95%% interval")
+    _add_model_args(p)
+    _add_train_args(p)
+    p.add_argument("--seeds", type=int, default=3, help="paired seeds (default 3)")
+    p.add_argument("--out", help="parent directory for the runs (default: none kept)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("presets", help="list the model presets")
     p.set_defaults(func=cmd_presets)

@@ -1,0 +1,98 @@
+"""Text sources: the embedded standard-library corpus, user files, Hugging Face datasets.
+
+Every source yields (name, bytes) documents in a deterministic order, and is split into
+train and validation by document: a document is in validation when a hash of its name
+falls in the lowest `VAL_PERCENT` percent, so the split never depends on file order.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import sysconfig
+from pathlib import Path
+from typing import Iterator
+
+VAL_PERCENT = 2
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".json", ".jsonl", ".csv", ".html", ".xml", ".tex", ".c",
+                 ".h", ".cpp", ".js", ".ts", ".rs", ".go", ".java", ".yaml", ".yml", ".toml", ".cfg", ".ini"}
+
+
+def is_val(name: str, val_percent: int = VAL_PERCENT) -> bool:
+    h = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+    return h % 100 < val_percent
+
+
+def stdlib_documents() -> Iterator[tuple[str, bytes]]:
+    """The running interpreter's standard-library .py sources (about 30 MB on CPython 3.11):
+    real text that nobody here wrote and that every Python installation has."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py")
+                   if not ({"site-packages", "dist-packages", "__pycache__"} & set(p.relative_to(root).parts)))
+    for path in files:
+        yield path.relative_to(root).as_posix(), path.read_bytes()
+
+
+def _looks_binary(data: bytes) -> bool:
+    head = data[:8192]
+    if b"\x00" in head:
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start < len(head) - 4  # a character cut at the sample's end is fine
+    return False
+
+
+def resolve_text_files(source: str) -> list[Path]:
+    """Files named by a path, a directory (recursively, text suffixes only) or a glob."""
+    if any(ch in source for ch in "*?["):
+        paths = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+        if not paths:
+            raise ValueError(f"data: the glob {source!r} matches no files")
+        return paths
+    path = Path(source)
+    if not path.exists():
+        raise ValueError(f"data: path {source!r} does not exist")
+    if path.is_dir():
+        paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        if not paths:
+            raise ValueError(f"data: directory {source!r} holds no text files "
+                             f"({', '.join(sorted(TEXT_SUFFIXES))})")
+        return paths
+    return [path]
+
+
+def file_documents(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
+    common = os.path.commonpath([str(p.resolve()) for p in paths]) if len(paths) > 1 else str(paths[0].parent.resolve())
+    for path in paths:
+        data = path.read_bytes()
+        if _looks_binary(data):
+            raise ValueError(f"data: {str(path)!r} is not UTF-8 text (binary content); pass text, "
+                             f"or a .bin/.npy token file")
+        yield os.path.relpath(str(path.resolve()), common), data
+
+
+def hf_documents(location: str, column: str = "text") -> Iterator[tuple[str, bytes]]:
+    """A dataset saved with `save_to_disk`, or a local `load_dataset` directory/script."""
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError("data: hf: sources need the `datasets` package (pip install datasets)") from None
+    if not Path(location).exists():
+        raise ValueError(f"data: Hugging Face dataset path {location!r} does not exist")
+    try:
+        ds = datasets.load_from_disk(location)
+    except FileNotFoundError:
+        ds = datasets.load_dataset(location)
+    if isinstance(ds, datasets.DatasetDict):
+        splits = [(name, ds[name]) for name in sorted(ds)]
+    else:
+        splits = [("data", ds)]
+    for split, part in splits:
+        if column not in part.column_names:
+            raise ValueError(f"data: dataset {location!r} has no column {column!r} "
+                             f"(columns: {', '.join(part.column_names)})")
+        for i, text in enumerate(part[column]):
+            yield f"{split}/{i}", str(text).encode("utf-8")

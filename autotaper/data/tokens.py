@@ -1,0 +1,209 @@
+"""Tokenised corpora cached as memory-mapped arrays, and the batches drawn from them.
+
+A corpus is tokenised once and cached under `$AUTOTAPER_CACHE` (default
+~/.cache/autotaper) as `train.bin` and `val.bin` (uint16, nanoGPT's layout) beside a
+`manifest.json` that records the content hash, sizes, tokenizer and Python version, so
+every result can say which corpus it came from. The cache directory is written under a
+temporary name and renamed into place, so a killed build never leaves a half cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from autotaper.data.corpus import (file_documents, hf_documents, is_val, resolve_text_files,
+                                   stdlib_documents)
+from autotaper.data.tokenizer import BPETokenizer, ByteTokenizer
+
+DEFAULT_BPE_VOCAB = 4096
+TOKEN_SUFFIXES = (".bin", ".npy")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("AUTOTAPER_CACHE", Path.home() / ".cache" / "autotaper"))
+
+
+@dataclass
+class TokenData:
+    train: np.ndarray  # 1-D token ids (usually a read-only memmap)
+    val: np.ndarray
+    vocab_size: int
+    token_bytes: np.ndarray | None  # bytes of text per token id; None for pre-tokenised data
+    manifest: dict
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("corpus", "?")
+
+    def check(self, *, vocab_size: int, context_length: int) -> None:
+        """Fail before training when the data cannot feed this model."""
+        for split, arr in (("train", self.train), ("val", self.val)):
+            if len(arr) < context_length + 1:
+                raise ValueError(f"data: the {split} split has {len(arr)} tokens, fewer than one "
+                                 f"context of {context_length} + 1")
+        top = int(self.manifest.get("max_token", -1))
+        if top >= vocab_size:
+            raise ValueError(f"data: token id {top} is over the model's vocab_size={vocab_size}")
+
+    def fingerprint(self) -> str:
+        return self.manifest["content_sha256"][:16] + "-" + self.manifest["tokenizer"]["name"]
+
+
+def sample_batch(tokens: np.ndarray, *, seed: int, step: int, batch_size: int,
+                 context_length: int) -> np.ndarray:
+    """Windows of context_length + 1 tokens, (B, T + 1) int64, chosen by (seed, step) alone:
+    every model trained with one seed sees the same batches in the same order, and a resumed
+    run continues the same stream without saving any generator state."""
+    rng = np.random.default_rng([int(seed), int(step)])
+    starts = rng.integers(0, len(tokens) - context_length, size=batch_size)
+    return np.stack([tokens[s: s + context_length + 1] for s in starts]).astype(np.int64)
+
+
+def val_windows(tokens: np.ndarray, *, n: int, context_length: int) -> np.ndarray:
+    """n fixed windows (n, T + 1) spread evenly over the validation split."""
+    starts = np.linspace(0, len(tokens) - context_length - 1, n).astype(np.int64)
+    return np.stack([tokens[s: s + context_length + 1] for s in starts]).astype(np.int64)
+
+
+# -- building -------------------------------------------------------------------------
+def load_data(source: str | None = None, *, tokenizer: str = "bytes", vocab_size: int | None = None,
+              cache_dir: str | Path | None = None, hf_column: str = "text") -> TokenData:
+    """Token data for `source` (see the package docstring), tokenised and cached once."""
+    if tokenizer not in ("bytes", "bpe"):
+        raise ValueError(f"tokenizer must be 'bytes' or 'bpe', got {tokenizer!r}")
+    root = Path(cache_dir) if cache_dir else cache_root()
+    if source is not None and not str(source).startswith("hf:") and str(source).endswith(TOKEN_SUFFIXES):
+        return _load_token_file(Path(source))
+    if source is not None and Path(source).is_dir() and (Path(source) / "train.bin").exists():
+        return _load_token_dir(Path(source))
+    if source is None:
+        name, docs = "stdlib", list(stdlib_documents())
+    elif str(source).startswith("hf:"):
+        name, docs = f"hf:{source[3:]}", list(hf_documents(source[3:], hf_column))
+    else:
+        name, docs = str(source), list(file_documents(resolve_text_files(str(source))))
+    if not docs or not any(d for _, d in docs):
+        raise ValueError(f"data: source {name!r} holds no text")
+    sha = hashlib.sha256()
+    for doc_name, data in docs:
+        sha.update(doc_name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+    content = sha.hexdigest()
+    vocab = vocab_size or (256 if tokenizer == "bytes" else DEFAULT_BPE_VOCAB)
+    key = f"{content[:16]}-{tokenizer}{'' if tokenizer == 'bytes' else vocab}"
+    target = root / "corpus" / key
+    if not (target / "manifest.json").exists():
+        _build(target, name, docs, content, tokenizer, vocab)
+    return _open(target)
+
+
+def _split(docs) -> tuple[list[bytes], list[bytes]]:
+    train = [d for n, d in docs if not is_val(n)]
+    val = [d for n, d in docs if is_val(n)]
+    if not val:  # tiny corpora: the last document validates
+        train, val = train[:-1], train[-1:]
+    if not train:
+        raise ValueError("data: the corpus needs at least two documents (files) to split train/val; "
+                         "add a file or pass pre-tokenised data")
+    return train, val
+
+
+def _build(target: Path, name: str, docs, content: str, tokenizer: str, vocab: int) -> None:
+    train_docs, val_docs = _split(docs)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        if tokenizer == "bytes":
+            tok = ByteTokenizer()
+            encode = lambda ds: [tok.encode(d) for d in ds]  # noqa: E731
+        else:
+            tok = BPETokenizer.train(train_docs, vocab)
+            tok.save(tmp / "tokenizer.json")
+            encode = tok.encode_batch
+        sizes = {}
+        max_token = -1
+        for split, split_docs in (("train", train_docs), ("val", val_docs)):
+            arr = np.concatenate([*encode(split_docs)]) if split_docs else np.zeros(0, np.uint16)
+            arr.astype(np.uint16).tofile(tmp / f"{split}.bin")
+            sizes[split] = (len(arr), sum(len(d) for d in split_docs), len(split_docs))
+            if len(arr):
+                max_token = max(max_token, int(arr.max()))
+        np.save(tmp / "token_bytes.npy", tok.token_bytes)
+        manifest = {
+            "corpus": name, "content_sha256": content, "tokenizer": tok.config(),
+            "python": platform.python_version(), "dtype": "uint16", "max_token": max_token,
+            "train_tokens": sizes["train"][0], "val_tokens": sizes["val"][0],
+            "train_bytes": sizes["train"][1], "val_bytes": sizes["val"][1],
+            "train_documents": sizes["train"][2], "val_documents": sizes["val"][2],
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process built the same cache first: keep theirs
+            if not (target / "manifest.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open(target: Path) -> TokenData:
+    manifest = json.loads((target / "manifest.json").read_text())
+    train = np.memmap(target / "train.bin", dtype=np.uint16, mode="r")
+    val = np.memmap(target / "val.bin", dtype=np.uint16, mode="r")
+    token_bytes = np.load(target / "token_bytes.npy")
+    return TokenData(train, val, int(manifest["tokenizer"]["vocab_size"]), token_bytes, manifest)
+
+
+def _read_tokens(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise ValueError(f"data: token file {str(path)!r} does not exist")
+    if path.suffix == ".npy":
+        arr = np.load(path, mmap_mode="r")
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
+            raise ValueError(f"data: {str(path)!r} must hold a 1-D integer array, got {arr.dtype} {arr.shape}")
+        if arr.size and int(arr.min()) < 0:
+            raise ValueError(f"data: {str(path)!r} holds negative token ids")
+        return arr
+    if path.stat().st_size % 2:
+        raise ValueError(f"data: {str(path)!r} is not a uint16 token file (odd byte length)")
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+def _token_manifest(name: str, parts: Iterator[np.ndarray]) -> dict:
+    sha = hashlib.sha256()
+    top = -1
+    for arr in parts:
+        sha.update(np.ascontiguousarray(arr).tobytes())
+        if arr.size:
+            top = max(top, int(arr.max()))
+    return {"corpus": name, "content_sha256": sha.hexdigest(), "max_token": top,
+            "tokenizer": {"name": "pretokenised", "vocab_size": top + 1},
+            "python": platform.python_version()}
+
+
+def _load_token_file(path: Path) -> TokenData:
+    """One token file: the last VAL_PERCENT percent (at least 1/50th) validates."""
+    from autotaper.data.corpus import VAL_PERCENT
+
+    arr = _read_tokens(path)
+    cut = len(arr) - max(1, len(arr) * VAL_PERCENT // 100)
+    manifest = _token_manifest(str(path), [arr])
+    manifest.update(train_tokens=cut, val_tokens=len(arr) - cut)
+    return TokenData(arr[:cut], arr[cut:], manifest["max_token"] + 1, None, manifest)
+
+
+def _load_token_dir(path: Path) -> TokenData:
+    """nanoGPT's layout: train.bin and val.bin side by side."""
+    train, val = _read_tokens(path / "train.bin"), _read_tokens(path / "val.bin")
+    manifest = _token_manifest(str(path), [train, val])
+    manifest.update(train_tokens=len(train), val_tokens=len(val))
+    return TokenData(train, val, manifest["max_token"] + 1, None, manifest)

@@ -1,0 +1,7 @@
+"""Proxy training: config, trainer, evaluation, checkpoints (imports torch)."""
+
+from autotaper.train.config import TrainConfig
+from autotaper.train.evaluate import evaluate
+from autotaper.train.trainer import Callback, TrainResult, train
+
+__all__ = ["Callback", "TrainConfig", "TrainResult", "evaluate", "train"]

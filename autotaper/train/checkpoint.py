@@ -1,0 +1,91 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, never pickle.
+
+Layout under a run directory:
+    checkpoints/step-000200/{model.safetensors, optimizer.safetensors, state.json}
+    checkpoints/latest          -> text "step-000200", replaced atomically
+Each step directory is written under a temporary name and renamed into place before
+`latest` moves to it, so a kill at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def save_checkpoint(run_dir: Path, *, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict, keep: int = 1) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=name + ".", dir=root))
+    save_model(model, str(tmp / "model.safetensors"))
+    tensors, meta = _optimizer_tensors(optimizer)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(meta))
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_text(root / "latest", name)
+    kept = sorted(p for p in root.glob("step-*") if p.is_dir() and "." not in p.name)
+    for old in kept[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if (path / "state.json").exists() else None
+
+
+def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    device: torch.device) -> dict:
+    load_model(model, str(path / "model.safetensors"), device=str(device))
+    if optimizer is not None:
+        tensors = load_file(str(path / "optimizer.safetensors"), device=str(device))
+        meta = json.loads((path / "optimizer.json").read_text())
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = value
+        for key, value in meta["scalars"].items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = value
+        for pstate in state.values():  # AdamW keeps `step` as a CPU float tensor
+            if "step" in pstate and torch.is_tensor(pstate["step"]):
+                pstate["step"] = pstate["step"].cpu()
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return json.loads((path / "state.json").read_text())

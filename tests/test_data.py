@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+
+from autotaper.data import load_data, sample_batch
+from autotaper.data.tokens import val_windows
+from tests.helpers import write_corpus
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_corpus(tmp_path / "corpus")
+
+
+def test_embedded_corpus_is_the_stdlib_with_a_manifest(tmp_path):
+    data = load_data(cache_dir=tmp_path)
+    m = data.manifest
+    assert m["corpus"] == "stdlib" and len(m["content_sha256"]) == 64 and m["python"]
+    assert m["train_bytes"] > 10_000_000 and m["val_tokens"] > 50_000
+    assert isinstance(data.train, np.memmap)
+    # cached: a second load opens the same files without rebuilding
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "corpus").rglob("*.bin")}
+    again = load_data(cache_dir=tmp_path)
+    assert again.manifest == m
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "corpus").rglob("*.bin")} == before
+
+
+def test_split_is_by_file_and_deterministic(corpus, tmp_path):
+    a = load_data(str(corpus), cache_dir=tmp_path / "c1")
+    b = load_data(str(corpus), cache_dir=tmp_path / "c2")
+    assert np.array_equal(a.val, b.val) and np.array_equal(a.train, b.train)
+    assert a.manifest["val_documents"] >= 1 and a.manifest["train_documents"] >= 1
+    assert a.manifest["train_bytes"] + a.manifest["val_bytes"] == sum(p.stat().st_size for p in corpus.iterdir())
+
+
+def test_globs_and_single_files(corpus, tmp_path):
+    data = load_data(str(corpus / "doc0*.py"), cache_dir=tmp_path)
+    assert data.manifest["train_documents"] + data.manifest["val_documents"] == 8
+
+
+def test_bpe_tokenizer_counts_bytes_exactly(corpus, tmp_path):
+    data = load_data(str(corpus), tokenizer="bpe", vocab_size=300, cache_dir=tmp_path)
+    assert data.vocab_size == 300
+    assert len(data.train) < data.manifest["train_bytes"]  # merges happened
+    # each token's byte length adds up to the split's bytes: bits per byte is exact
+    assert int(data.token_bytes[np.asarray(data.val)].sum()) == data.manifest["val_bytes"]
+
+
+def test_pretokenised_bin_npy_and_nanogpt_dir(tmp_path):
+    tokens = (np.arange(5000) % 300).astype(np.uint16)
+    tokens.tofile(tmp_path / "toks.bin")
+    np.save(tmp_path / "toks.npy", tokens.astype(np.int32))
+    for path in ("toks.bin", "toks.npy"):
+        data = load_data(str(tmp_path / path))
+        assert data.vocab_size == 300 and data.token_bytes is None
+        assert len(data.train) + len(data.val) == 5000
+    d = tmp_path / "nano"
+    d.mkdir()
+    tokens[:4000].tofile(d / "train.bin")
+    tokens[4000:].tofile(d / "val.bin")
+    data = load_data(str(d))
+    assert len(data.train) == 4000 and len(data.val) == 1000
+
+
+def test_hugging_face_dataset_from_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    texts = [f"sample {i}: " + "lorem ipsum " * 20 for i in range(40)]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "ds"))
+    data = load_data(f"hf:{tmp_path / 'ds'}", cache_dir=tmp_path / "cache")
+    assert data.manifest["corpus"].startswith("hf:")
+    assert data.manifest["train_bytes"] + data.manifest["val_bytes"] == sum(len(t.encode()) for t in texts)
+    with pytest.raises(ValueError, match="no column 'body'"):
+        load_data(f"hf:{tmp_path / 'ds'}", cache_dir=tmp_path / "cache", hf_column="body")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("empty_dir", "holds no text files"),
+    ("binary", "not UTF-8 text"),
+    ("glob", "matches no files"),
+    ("odd_bin", "odd byte length"),
+    ("one_file", "at least two documents"),
+])
+def test_bad_data_is_rejected_before_training(tmp_path, case, message):
+    if case == "missing":
+        source = tmp_path / "nope.txt"
+    elif case == "empty_dir":
+        source = tmp_path / "empty"
+        source.mkdir()
+    elif case == "binary":
+        source = tmp_path / "junk.txt"
+        source.write_bytes(bytes(range(256)) * 10)
+    elif case == "glob":
+        source = tmp_path / "*.nothing"
+    elif case == "odd_bin":
+        source = tmp_path / "t.bin"
+        source.write_bytes(b"\x01\x02\x03")
+    else:
+        source = tmp_path / "only.txt"
+        source.write_text("hello " * 100)
+    with pytest.raises(ValueError, match=message):
+        load_data(str(source), cache_dir=tmp_path / "cache")
+
+
+def test_short_data_and_vocab_overflow_fail_the_check(tmp_path):
+    tokens = np.arange(100, dtype=np.uint16)
+    tokens.tofile(tmp_path / "t.bin")
+    data = load_data(str(tmp_path / "t.bin"))
+    with pytest.raises(ValueError, match="fewer than one context"):
+        data.check(vocab_size=256, context_length=64)
+    big = np.full(5000, 400, dtype=np.uint16)
+    big.tofile(tmp_path / "big.bin")
+    with pytest.raises(ValueError, match="token id 400 is over the model's vocab_size=256"):
+        load_data(str(tmp_path / "big.bin")).check(vocab_size=256, context_length=8)
+
+
+def test_batches_depend_on_seed_and_step_only():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    a = sample_batch(tokens, seed=1, step=5, batch_size=4, context_length=16)
+    b = sample_batch(tokens, seed=1, step=5, batch_size=4, context_length=16)
+    c = sample_batch(tokens, seed=2, step=5, batch_size=4, context_length=16)
+    assert a.shape == (4, 17) and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.all(np.diff(a, axis=1) == 1)  # contiguous windows
+    w = val_windows(tokens, n=5, context_length=16)
+    assert w[0, 0] == 0 and w[-1, -1] == 9999

@@ -1,0 +1,181 @@
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotaper import ModelSpec, solve
+from autotaper.data import load_data
+from autotaper.train import Callback, TrainConfig, evaluate, train
+from tests.helpers import write_corpus
+
+GOLDEN = Path(__file__).parent / "golden" / "train_tiny.json"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return load_data(str(write_corpus(root / "corpus")), cache_dir=root / "cache")
+
+
+def cfg(**kw):
+    base = dict(steps=12, batch_size=8, precision="fp32", log_every=1, eval_batches=2, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def losses(run_dir):
+    return [r["loss"] for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r]
+
+
+def test_golden_losses(data, tmp_path):
+    """Expected per-step losses of tiny/uniform, seed 0, fp32 (stored once; regenerate with
+    `python tests/golden/make_golden.py` only for an intended change of the numerics)."""
+    train(ModelSpec.from_name("tiny"), data, cfg(), out_dir=tmp_path, quiet=True)
+    expected = json.loads(GOLDEN.read_text())["losses"]
+    assert losses(tmp_path) == pytest.approx(expected, rel=1e-4)
+
+
+def test_same_seed_is_bitwise_deterministic(data, tmp_path):
+    a = train(ModelSpec.from_name("tiny"), data, cfg(), out_dir=tmp_path / "a", quiet=True)
+    b = train(ModelSpec.from_name("tiny"), data, cfg(), out_dir=tmp_path / "b", quiet=True)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert a.val_loss == b.val_loss and a.data_fingerprint == b.data_fingerprint
+
+
+def test_tapers_with_one_seed_see_the_same_batches(data):
+    base = ModelSpec.from_name("tiny")
+    u = train(base, data, cfg(steps=4), quiet=True)
+    t = train(solve(base, "ffn:cosine:1.5:0.5"), data, cfg(steps=4), quiet=True)
+    other = train(base, data, cfg(steps=4, seed=1), quiet=True)
+    assert u.data_fingerprint == t.data_fingerprint != other.data_fingerprint
+    assert u.val_loss != t.val_loss
+
+
+class Crash(Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_step(self, step, metrics):
+        if step == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_after_a_crash_ends_at_the_same_numbers(data, tmp_path):
+    config = cfg(steps=30, checkpoint_every=10, eval_every=10)
+    whole = train(ModelSpec.from_name("tiny"), data, config, out_dir=tmp_path / "whole", quiet=True)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(ModelSpec.from_name("tiny"), data, config, out_dir=tmp_path / "cut", quiet=True,
+              callbacks=[Crash(at=17)])
+    resumed = train(ModelSpec.from_name("tiny"), data, config, out_dir=tmp_path / "cut", quiet=True)
+    assert resumed.resumed_from == 10
+    assert resumed.val_loss == whole.val_loss and resumed.train_loss == whole.train_loss
+    assert resumed.data_fingerprint == whole.data_fingerprint
+    assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
+    assert [h["step"] for h in resumed.history] == [10, 20, 30]
+
+
+def test_resume_refuses_a_different_run(data, tmp_path):
+    train(ModelSpec.from_name("tiny"), data, cfg(steps=4), out_dir=tmp_path, quiet=True)
+    with pytest.raises(ValueError, match="different run"):
+        train(ModelSpec.from_name("tiny"), data, cfg(steps=4, lr=1e-2), out_dir=tmp_path, quiet=True)
+
+
+def test_divergence_ends_with_a_status_not_a_crash(data):
+    r = train(ModelSpec.from_name("tiny"), data, cfg(steps=30, lr=50.0, grad_clip=0.0, warmup_frac=0.0),
+              quiet=True)
+    assert r.status == "diverged" and "step" in r.reason
+    assert r.steps < 30 and r.val_bpb is None
+    json.dumps(r.to_dict())  # NaN never leaks into JSON
+
+
+def test_callbacks_can_stop_a_run(data):
+    seen = []
+
+    def prune(step, metrics):
+        seen.append((step, metrics["val_bpb"]))
+        return True
+
+    r = train(ModelSpec.from_name("tiny"), data, cfg(steps=20, eval_every=5), callbacks=[prune], quiet=True)
+    assert r.status == "stopped" and r.steps == 5 and seen[0][0] == 5
+
+
+def test_bits_per_byte_is_loss_over_ln2_for_bytes(data):
+    from autotaper.data.tokens import val_windows
+    from autotaper.models import build_model
+
+    model = build_model(ModelSpec.from_name("tiny"))
+    w = val_windows(data.val, n=4, context_length=32)
+    m = evaluate(model, w, token_bytes=data.token_bytes)
+    assert m["val_bpb"] == pytest.approx(m["val_loss"] / math.log(2))
+    assert m["val_ppl"] == pytest.approx(math.exp(m["val_loss"]))
+
+
+def test_lr_schedules():
+    c = TrainConfig(steps=100, lr=1.0, min_lr_ratio=0.1, warmup_frac=0.1)
+    assert c.lr_at(0) == pytest.approx(0.1) and c.lr_at(9) == pytest.approx(1.0)
+    assert c.lr_at(99) == pytest.approx(0.1, abs=1e-3)
+    w = TrainConfig(steps=100, lr=1.0, schedule="wsd", decay_frac=0.2, warmup_frac=0.0, min_lr_ratio=0.0)
+    assert w.lr_at(79) == 1.0 and w.lr_at(90) == pytest.approx(0.5) and w.lr_at(100) == 0.0
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path, data):
+    """torchrun with gloo on CPU, 2 ranks, global batch 8 (4 per rank) against 1 process at
+    batch 8: the same batches, so the curves differ only by the order of the fp32 gradient
+    reduction (about 1e-7 relative per step); Adam's normalisation keeps that from growing
+    beyond ~1e-5 over a dozen steps, so 1e-4 relative is a tolerance with margin."""
+    corpus = Path(data.manifest["corpus"])
+    env = {**os.environ, "AUTOTAPER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    common = ["train", "--preset", "tiny", "--steps", "12", "--batch-size", "8", "--precision", "fp32",
+              "--data", str(corpus), "--log-every", "1", "--quiet", "--json"]
+    one = subprocess.run([sys.executable, "-m", "autotaper", *common, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", str(_free_port()), "-m", "autotaper", *common,
+                          "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["data_fingerprint"] == json.loads(one.stdout.strip().splitlines()[-1])["data_fingerprint"]
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+
+
+def test_train_cli_json_and_errors(tmp_path, data):
+    corpus = data.manifest["corpus"]
+    env = {**os.environ, "AUTOTAPER_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "autotaper", "train", "--preset", "tiny", "--taper",
+                           "ffn:cosine:1.5:0.5", "--steps", "5", "--data", corpus, "--out", str(tmp_path / "run"),
+                           "--json", "--quiet"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("val_loss", "val_bpb", "tokens_per_s", "data_fingerprint", "status"):
+        assert key in out
+    assert out["status"] == "complete"
+    for name in ("spec.json", "config.json", "metrics.jsonl", "summary.json", "checkpoints/latest"):
+        assert (tmp_path / "run" / name).exists()
+    for bad, needle in ((["--steps", "-3"], "steps"), (["--data", str(tmp_path / "nope")], "does not exist"),
+                        (["--tokenizer", "words"], "--tokenizer"), (["--batch-size", "6", "--grad-accum", "4"],
+                                                                      "multiple of grad_accum")):
+        proc = subprocess.run([sys.executable, "-m", "autotaper", "train", "--preset", "tiny", *bad],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_training(data):
+    r = train(ModelSpec.from_name("tiny"), data, cfg(steps=4, device="cuda", precision="auto"), quiet=True)
+    assert r.status == "complete" and r.precision == "bf16" and r.device.startswith("cuda")
