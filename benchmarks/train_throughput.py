@@ -9,7 +9,7 @@ Prints:
    speed;
 3. achieved training FLOP/s (3 x the analytic forward count) vs the best matmul FLOP/s this
    machine reaches in the same dtype: how far the trainer is from the hardware (MFU on CUDA).
-Runs alternate and the median of `--repeats` is taken for each side.
+Runs rotate their order and the median of `--repeats` is taken for each side.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def plain_loop(spec, data, config, device, precision) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        float(loss)  # the trainer reads the loss every step too
+        float(loss.detach())  # the trainer reads the loss every step too
         sync()
         if step:  # the first step warms up allocators and kernels in both loops
             elapsed += time.perf_counter() - t0
@@ -98,12 +98,15 @@ def main() -> None:
     precision = resolve_precision(args.precision, device)
     # a warm-up run so neither side pays for first-use costs
     train(base, data, TrainConfig(steps=3, eval_batches=1, precision=precision, device=args.device), quiet=True)
-    plain, ours, taper = [], [], []
-    for _ in range(args.repeats):
-        plain.append(plain_loop(base, data, config, device, precision))
-        ours.append(trainer_tokens_per_s(base, data, config))
-        taper.append(trainer_tokens_per_s(tapered, data, config))
-    p, o, t = (statistics.median(x) for x in (plain, ours, taper))
+    runs = {"plain": lambda: plain_loop(base, data, config, device, precision),
+            "ours": lambda: trainer_tokens_per_s(base, data, config),
+            "taper": lambda: trainer_tokens_per_s(tapered, data, config)}
+    results = {name: [] for name in runs}
+    order = list(runs)
+    for i in range(args.repeats):  # rotate the order so no side always runs first or last
+        for name in order[i % 3:] + order[: i % 3]:
+            results[name].append(runs[name]())
+    p, o, t = (statistics.median(results[k]) for k in ("plain", "ours", "taper"))
     peak = matmul_peak(device, precision)
     achieved = o * 3 * count(base).flops_per_token
     print(f"device {device}, precision {precision}, preset {args.preset}, {args.steps} steps x {args.repeats}")

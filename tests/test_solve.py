@@ -41,7 +41,7 @@ def test_heads_tapers_are_exact_and_follow_gqa(taper, constraint):
     assert all(h == 4 * kv for h, kv in zip(spec.layer_heads, spec.layer_kv_heads))
 
 
-@pytest.mark.parametrize("taper", ["ffn:power:1.5:0.5:p=3", "ffn:linear:1.6:0.6", "ffn:list:2,1.5,1,1,1,0.5",
+@pytest.mark.parametrize("taper", ["ffn:power:1.5:0.5:p=3", "ffn:linear:1.6:0.6", "ffn:list:2,1.5,1.2,1,1,1,0.8,0.5",
                                    "embed:cosine:1.5:0.5", "embed:linear:0.75:1.25",
                                    "ffn:cosine:1.5:0.5+heads:linear:1.25:0.75+embed:linear:1.2:0.8"])
 def test_asymmetric_combined_and_embed_tapers_are_rescaled_not_rejected(taper):

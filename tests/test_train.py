@@ -179,3 +179,27 @@ def test_train_cli_json_and_errors(tmp_path, data):
 def test_cuda_bf16_training(data):
     r = train(ModelSpec.from_name("tiny"), data, cfg(steps=4, device="cuda", precision="auto"), quiet=True)
     assert r.status == "complete" and r.precision == "bf16" and r.device.startswith("cuda")
+
+
+def test_sigkilled_cli_run_resumes_to_the_same_numbers(tmp_path, data):
+    import signal
+    import time
+
+    env = {**os.environ, "AUTOTAPER_CACHE": str(tmp_path / "cache")}
+    args = [sys.executable, "-m", "autotaper", "train", "--preset", "tiny", "--steps", "300", "--batch-size", "4",
+            "--precision", "fp32", "--data", data.manifest["corpus"], "--checkpoint-every", "10", "--quiet", "--json"]
+    proc = subprocess.Popen([*args, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (latest.exists() and latest.read_text() >= "step-000020"):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = subprocess.run([*args, "--out", str(tmp_path / "killed")], env=env, capture_output=True, text=True)
+    whole = subprocess.run([*args, "--out", str(tmp_path / "whole")], env=env, capture_output=True, text=True)
+    r, w = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (resumed, whole))
+    assert r["resumed_from"] >= 20
+    for key in ("val_loss", "val_bpb", "train_loss", "data_fingerprint", "steps"):
+        assert r[key] == w[key], key
