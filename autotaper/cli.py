@@ -189,6 +189,59 @@ def cmd_compare(args) -> int:
     return 0
 
 
+# -- search / results -------------------------------------------------------------------
+def cmd_search(args) -> int:
+    from autotaper.search import load_space, run_search
+
+    overrides = {"preset": args.preset, "family": args.family, "steps": args.steps, "seeds": args.seeds}
+    space = load_space(args.space, overrides=overrides)
+    if args.backend == "ray":
+        from autotaper.search.ray_backend import run_ray_search
+
+        summary = run_ray_search(space, storage=args.storage, study_name=args.study, n_trials=args.n_trials,
+                                 timeout=args.timeout, address=args.address, cpus_per_trial=args.cpus_per_trial,
+                                 gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+                                 tune_storage=args.tune_storage, quiet=args.quiet)
+    else:
+        summary = run_search(space, storage=args.storage, study_name=args.study, n_trials=args.n_trials,
+                             timeout=args.timeout, workers=args.workers, quiet=args.quiet)
+    from autotaper.search.results import leaderboard, to_table
+
+    board = leaderboard(summary.storage, summary.study)
+    if args.json:
+        print(json.dumps(board))
+    else:
+        print(to_table(board))
+        print(f"\nresults again: autotaper results --storage {summary.storage} --study {summary.study}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_results(args) -> int:
+    from autotaper.search.results import leaderboard, to_csv, to_table
+
+    board = leaderboard(args.storage, args.study)
+    if args.json:
+        print(json.dumps({"trials": board["trials"], "verdict": board["verdict"], "study": board["study"]}))
+    elif args.csv:
+        sys.stdout.write(to_csv(board["trials"]))
+    else:
+        print(to_table(board))
+    return 0
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+    return parse
+
+
 def cmd_presets(args) -> int:
     from autotaper.cost import count
     from autotaper.spec import PRESETS, ModelSpec
@@ -230,6 +283,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="paired seeds (default 3)")
     p.add_argument("--out", help="parent directory for the runs (default: none kept)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("search", help="search the best taper in a space (Optuna locally, or Ray Tune)")
+    p.add_argument("--space", required=True, help="YAML search space, e.g. search_spaces/quickstart.yaml")
+    p.add_argument("--backend", default="optuna", choices=["optuna", "ray"])
+    p.add_argument("--n-trials", type=_positive(int), help="trials in the study in total (default: the space's)")
+    p.add_argument("--timeout", type=_positive(float), help="stop starting trials after this many seconds")
+    p.add_argument("--storage", help="sqlite:///f.db, journal:f.log or postgresql://... "
+                   "(default runs/search/STUDY/)")
+    p.add_argument("--study", help="study name (default: the space's name); re-running resumes it")
+    p.add_argument("--workers", type=_positive(int), default=1, help="worker processes on this machine")
+    p.add_argument("--preset", help="override the space's proxy preset")
+    p.add_argument("--family", help="override the space's proxy family")
+    p.add_argument("--steps", type=_positive(int), help="override the proxy's training steps")
+    p.add_argument("--seeds", type=_positive(int), help="override the proxy's paired seeds")
+    ray = p.add_argument_group("ray backend")
+    ray.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start one)")
+    ray.add_argument("--cpus-per-trial", type=_positive(float), default=1.0)
+    ray.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share one GPU")
+    ray.add_argument("--max-concurrent", type=_positive(int), help="trials at once (default: as resources allow)")
+    ray.add_argument("--tune-storage", help="where Ray Tune keeps its own state (default runs/ray)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the leaderboard as one JSON object")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("results", help="the leaderboard of a study, with paired intervals and a verdict")
+    p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")
+    p.add_argument("--study", required=True)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help='{"trials": [...], "verdict": ...}')
+    fmt.add_argument("--csv", action="store_true")
+    p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("presets", help="list the model presets")
     p.set_defaults(func=cmd_presets)

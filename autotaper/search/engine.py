@@ -1,0 +1,198 @@
+"""The Optuna backend: samplers, pruners, reference trials, workers, progress.
+
+Every study starts with two reference points: the uniform baseline (a trial whose value is
+0 by definition, recorded from the cached per-seed baselines) and the paper's cosine
+1.5 -> 0.5 on ffn (enqueued when the space can express it). Re-running the same command
+loads the study, fails trials whose worker died, and runs only the trials still missing
+from `n_trials` (complete and pruned trials count; failed ones are retried by new trials).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from autotaper.search.objective import TaperObjective, ensure_baselines, metric_key
+from autotaper.search.space import PAPER_DEFAULT, BaseSpace
+from autotaper.search.storage import default_location, fail_dead_trials, open_storage
+
+SPACE_ATTR = "autotaper/space"
+
+
+def make_sampler(space: BaseSpace):
+    import optuna
+
+    s = space.settings
+    seed = s.seed
+    if s.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(6, s.n_trials // 3)))
+    if s.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(2, min(6, s.n_trials // 3)))
+    if s.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, s.n_trials // 2)))
+    grid = space.grid()
+    if grid is None:
+        raise ValueError(f"search.sampler: grid needs a space without ranges ({space.name})")
+    return optuna.samplers.GridSampler(grid, seed=seed)
+
+
+def make_pruner(space: BaseSpace):
+    import optuna
+
+    name = space.settings.pruner
+    if space.settings.multi_objective or name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        # Paired running means are noisy early: wait for four finished trials (the uniform
+        # reference and the paper's default among them) and half of the first seed.
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=space.proxy.steps // 2)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=space.proxy.eval_interval(),
+                                              max_resource=space.proxy.steps * space.proxy.seeds)
+    return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
+
+
+def open_study(space: BaseSpace, *, storage: str | None, study_name: str | None, workers: int = 1,
+               create: bool = True):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = study_name or space.name
+    url = storage or default_location(name, workers=workers)
+    directions = ["minimize", "maximize"] if space.settings.multi_objective else ["minimize"]
+    study = optuna.create_study(storage=open_storage(url), study_name=name, sampler=make_sampler(space),
+                                pruner=make_pruner(space), directions=directions, load_if_exists=True)
+    identity = space.identity()
+    stored = study.user_attrs.get(SPACE_ATTR)
+    if stored is None:
+        study.set_user_attr(SPACE_ATTR, identity)
+    elif stored != identity:
+        diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+        raise ValueError(f"study {name!r} in {url} was created from a different space or proxy "
+                         f"({', '.join(diff)} differ); pick a new --study name")
+    return study, url
+
+
+def add_references(study, space: BaseSpace, baselines: dict[int, dict], metric: str) -> None:
+    """The uniform reference trial (value 0 by definition) and the paper default, once each."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    if not any(t.user_attrs.get("status") == "reference" for t in trials):
+        speeds = [b["tokens_per_s"] for b in baselines.values()]
+        values = [0.0, sum(speeds) / len(speeds)] if space.settings.multi_objective else [0.0]
+        study.add_trial(optuna.trial.create_trial(
+            values=values, user_attrs={
+                "taper": "uniform", "status": "reference", "delta": 0.0, "se": 0.0, "ci95": [0.0, 0.0],
+                "seed_deltas": [0.0] * len(baselines), "seed_values": [b["value"] for b in baselines.values()],
+                "params_delta": 0, "flops_delta": 0.0, "tokens_per_s": values[-1] if len(values) > 1 else
+                sum(speeds) / len(speeds), "metric": metric},
+            constraints={"budget": 0.0}))
+    params = space.reference_params() if space.settings.sampler != "grid" else None  # a grid holds it already
+    if params is not None and not any(t.user_attrs.get("enqueued") == PAPER_DEFAULT for t in trials):
+        study.enqueue_trial(params, user_attrs={"enqueued": PAPER_DEFAULT}, skip_if_exists=True)
+
+
+def finished(study) -> int:
+    from optuna.trial import TrialState
+
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+@dataclass
+class SearchSummary:
+    study: str
+    storage: str
+    trials: int
+    elapsed_s: float
+
+
+def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout: float | None, threads: int,
+            quiet: bool = True) -> None:
+    """One worker process: load the study, run trials until the study holds n_trials."""
+    import optuna
+    import torch
+
+    from autotaper.data import load_data
+
+    torch.set_num_threads(threads)
+    study, _ = open_study(space, storage=url, study_name=study_name, workers=2)
+    data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
+    baselines = ensure_baselines(study, space, data)
+    objective = TaperObjective(space, data, baselines)
+    stop = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
+                                                            optuna.trial.TrialState.PRUNED))
+    if finished(study) >= n_trials:
+        return
+    study.optimize(objective, timeout=timeout, catch=(Exception,), callbacks=[stop], gc_after_trial=True)
+
+
+def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str | None = None,
+               n_trials: int | None = None, timeout: float | None = None, workers: int = 1,
+               quiet: bool = False) -> SearchSummary:
+    """Run (or resume) a search; returns where its results are."""
+    from autotaper.data import load_data
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    n_trials = n_trials or space.settings.n_trials
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    started = time.time()
+    study, url = open_study(space, storage=storage, study_name=study_name, workers=workers)
+    dead = fail_dead_trials(study)
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if dead:
+        say(f"marked {len(dead)} interrupted trial(s) failed: {dead}")
+    data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
+    say(f"study {study.study_name} in {url}: {finished(study)} of {n_trials} trials done; "
+        f"proxy {space.proxy.preset}, {space.proxy.steps} steps x {space.proxy.seeds} seeds, corpus {data.name}")
+    if not study.user_attrs.get("baseline/seed0"):
+        say("training the uniform baseline on each seed (once per study)")
+    baselines = ensure_baselines(study, space, data, quiet=quiet)
+    add_references(study, space, baselines, metric_key(data))
+    from autotaper.search.progress import Progress
+
+    progress = Progress(study, n_trials, quiet=quiet)
+    cores = os.cpu_count() or 1
+    if workers == 1:
+        import optuna
+
+        objective = TaperObjective(space, data, baselines)
+        stop = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
+                                                                optuna.trial.TrialState.PRUNED))
+        if finished(study) < n_trials:
+            study.optimize(objective, timeout=timeout, catch=(Exception,), callbacks=[stop, progress.on_trial],
+                           gc_after_trial=True)
+    else:
+        ctx = mp.get_context("spawn")
+        threads = max(1, cores // workers)
+        procs = [ctx.Process(target=_worker, args=(space, url, study.study_name, n_trials, timeout, threads))
+                 for _ in range(workers)]
+        for p in procs:
+            p.start()
+        try:
+            while any(p.is_alive() for p in procs):
+                progress.poll()
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            for p in procs:
+                p.terminate()
+            raise
+        for p in procs:
+            p.join()
+        progress.poll()
+        bad = [p.exitcode for p in procs if p.exitcode]
+        if bad:
+            raise RuntimeError(f"{len(bad)} search worker(s) exited with status {bad}")
+    progress.close()
+    return SearchSummary(study.study_name, url, len(study.get_trials(deepcopy=False)), time.time() - started)

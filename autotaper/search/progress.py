@@ -1,0 +1,77 @@
+"""Live search progress: trials done, pruned, failed, infeasible; best so far with its
+interval; ETA from the mean wall time of the trials finished in this session."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, study, n_trials: int, *, quiet: bool = False):
+        from tqdm.auto import tqdm
+
+        self.study, self.n_trials, self.quiet = study, n_trials, quiet
+        self.started = time.time()
+        self.start_done = self._counts()["done"]
+        self.seen: set[int] = set()
+        self.bar = tqdm(total=n_trials, initial=self.start_done, disable=quiet, unit="trial", desc="search",
+                        dynamic_ncols=True, file=sys.stderr)
+
+    def _counts(self) -> dict:
+        from optuna.trial import TrialState
+
+        c = {"done": 0, "pruned": 0, "failed": 0, "infeasible": 0, "best": None}
+        for t in self.study.get_trials(deepcopy=False):
+            status = t.user_attrs.get("status")
+            if t.state == TrialState.COMPLETE or t.state == TrialState.PRUNED:
+                c["done"] += 1
+            if t.state == TrialState.PRUNED:
+                c["pruned"] += 1
+            elif t.state == TrialState.FAIL:
+                c["failed"] += 1
+            elif status == "infeasible":
+                c["infeasible"] += 1
+            elif status == "complete" and t.user_attrs.get("delta") is not None:
+                if c["best"] is None or t.user_attrs["delta"] < c["best"].user_attrs["delta"]:
+                    c["best"] = t
+        return c
+
+    def _line(self, c: dict) -> str:
+        best = c["best"]
+        text = f"pruned {c['pruned']} failed {c['failed']} infeasible {c['infeasible']}"
+        if best is not None:
+            ci = best.user_attrs.get("ci95")
+            ci_text = f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""
+            text += f" | best {best.user_attrs['taper']} {best.user_attrs['delta']:+.4f}{ci_text}"
+        return text
+
+    def on_trial(self, study, trial) -> None:  # an Optuna callback
+        self.poll()
+
+    def poll(self) -> None:
+        if self.quiet:
+            return
+        c = self._counts()
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number in self.seen or not t.state.is_finished() or t.user_attrs.get("status") == "reference":
+                continue
+            self.seen.add(t.number)
+            delta = t.user_attrs.get("delta")
+            d_text = f"{delta:+.4f}" if isinstance(delta, float) else "   n/a "
+            self.bar.write(f"  trial {t.number:>3} {t.state.name.lower():>8} {d_text}  "
+                           f"{t.user_attrs.get('taper', '?')}  {t.user_attrs.get('reason', '')}".rstrip())
+        new = c["done"] - self.bar.n
+        if new > 0:
+            self.bar.update(new)
+        done_here = c["done"] - self.start_done
+        if done_here > 0:
+            per = (time.time() - self.started) / done_here
+            eta = max(0, self.n_trials - c["done"]) * per
+            self.bar.set_postfix_str(self._line(c) + f" | eta {eta / 60:.1f} min")
+        else:
+            self.bar.set_postfix_str(self._line(c))
+
+    def close(self) -> None:
+        self.poll()
+        self.bar.close()

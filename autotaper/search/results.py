@@ -1,0 +1,147 @@
+"""The leaderboard: one row per trial, read from any study storage, and a verdict.
+
+Rows carry the taper text, first-to-last widths of each tapered dimension, the budget
+deltas, the mean paired difference in validation bits per byte against uniform with its
+95% interval and the number of seeds, and the status (reference, complete, pruned, failed,
+infeasible, running). The verdict asks whether the best complete taper beats uniform
+beyond seed noise: its whole 95% interval below zero. The best of many trials is biased
+low (winner's curse), so a winner should be confirmed with fresh seeds (`autotaper compare`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+from autotaper.search.storage import default_location, open_storage
+
+ORDER = {"reference": 0, "complete": 1, "pruned": 2, "infeasible": 3, "failed": 4, "running": 5, "waiting": 6}
+
+
+def _status(t) -> str:
+    from optuna.trial import TrialState
+
+    attr = t.user_attrs.get("status")
+    if attr == "reference":
+        return "reference"
+    if t.state == TrialState.COMPLETE:
+        return "infeasible" if attr == "infeasible" else "complete"
+    return {TrialState.PRUNED: "pruned", TrialState.FAIL: "failed", TrialState.RUNNING: "running",
+            TrialState.WAITING: "waiting"}.get(t.state, t.state.name.lower())
+
+
+def _widths(layers: dict | None) -> str:
+    if not layers:
+        return ""
+    parts = []
+    for dim, values in layers.items():
+        if values and len(set(values)) > 1:
+            parts.append(f"{dim} {values[0]}..{values[-1]}")
+    return ", ".join(parts) or "uniform"
+
+
+def rows_of(study) -> list[dict[str, Any]]:
+    rows = []
+    reference_seen = False
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        status = _status(t)
+        if status == "reference":
+            # workers that start together may each record the reference: show it once
+            if reference_seen:
+                continue
+            reference_seen = True
+        rows.append({
+            "trial": t.number, "taper": a.get("taper", ""), "widths": _widths(a.get("layers")),
+            "params_delta": a.get("params_delta"), "flops_delta": a.get("flops_delta"),
+            "delta_bpb": a.get("delta"), "se": a.get("se"), "ci95": a.get("ci95"),
+            "seeds": len(a.get("seed_deltas") or []), "status": status,
+            "early_stopped": bool(a.get("early_stopped", False)),
+            "tokens_per_s": a.get("tokens_per_s"), "reason": a.get("reason") or t.system_attrs.get("fail_reason"),
+            "backend": a.get("backend", "optuna"),
+        })
+
+    def key(r):
+        d = r["delta_bpb"]
+        return (ORDER.get(r["status"], 9), d if isinstance(d, (int, float)) else math.inf, r["trial"])
+
+    return sorted(rows, key=key)
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    done = [r for r in rows if r["status"] == "complete" and r["delta_bpb"] is not None and not r["early_stopped"]]
+    if not done:
+        return {"best": None, "beats_uniform": False, "text": "no complete trial yet"}
+    best = min(done, key=lambda r: r["delta_bpb"])
+    ci = best["ci95"]
+    if ci is None:
+        text = (f"best {best['taper']} at {best['delta_bpb']:+.4f} bpb from one seed: no interval, "
+                f"no verdict (use 2 or more seeds)")
+        beats = False
+    elif ci[1] < 0:
+        text = (f"{best['taper']} beats uniform beyond seed noise: {best['delta_bpb']:+.4f} bpb, 95% CI "
+                f"[{ci[0]:+.4f}, {ci[1]:+.4f}] over {best['seeds']} paired seeds")
+        beats = True
+    else:
+        text = (f"no taper beats uniform beyond seed noise: the best, {best['taper']}, is {best['delta_bpb']:+.4f} "
+                f"bpb with 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}] over {best['seeds']} paired seeds")
+        beats = False
+    if len(done) > 1:
+        text += f" (best of {len(done)}: confirm on fresh seeds with `autotaper compare`)"
+    return {"best": best["trial"], "taper": best["taper"], "beats_uniform": beats, "text": text}
+
+
+def load(storage: str | None, study_name: str):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage or default_location(study_name)
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        if not Path(url[len("sqlite:///"):]).exists():
+            raise ValueError(f"results: no study storage at {url} (run the search first, or pass --storage)")
+    backend = open_storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
+    if study_name not in names:
+        raise ValueError(f"results: no study {study_name!r} in {url} (studies: {', '.join(names) or 'none'})")
+    return optuna.load_study(study_name=study_name, storage=backend), url
+
+
+def leaderboard(storage: str | None, study_name: str) -> dict[str, Any]:
+    study, url = load(storage, study_name)
+    rows = rows_of(study)
+    return {"study": study_name, "storage": url, "trials": rows, "verdict": verdict(rows)}
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    fields = [k for k in rows[0] if k != "ci95"] + ["ci95_low", "ci95_high"] if rows else []
+    writer = csv.DictWriter(out, fieldnames=fields)
+    writer.writeheader()
+    for r in rows:
+        ci = r["ci95"] or [None, None]
+        writer.writerow({**{k: v for k, v in r.items() if k != "ci95"}, "ci95_low": ci[0], "ci95_high": ci[1]})
+    return out.getvalue()
+
+
+def to_table(board: dict[str, Any]) -> str:
+    lines = [f"study {board['study']} ({board['storage']})", "",
+             f"{'trial':>5} {'status':<10} {'delta_bpb':>10} {'95% CI':>21} {'seeds':>5} {'params':>8} "
+             f"{'flops':>8}  taper  [widths]"]
+    for r in board["trials"]:
+        d = f"{r['delta_bpb']:+.4f}" if isinstance(r["delta_bpb"], (int, float)) else "-"
+        ci = f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]" if r["ci95"] else "-"
+        pd = f"{r['params_delta']:+d}" if isinstance(r["params_delta"], int) else "-"
+        fd = f"{r['flops_delta']:+.0f}" if isinstance(r["flops_delta"], (int, float)) else "-"
+        status = r["status"] + ("*" if r["early_stopped"] else "")
+        extra = f"  [{r['widths']}]" if r["widths"] and r["widths"] != "uniform" else ""
+        reason = f"  ({r['reason']})" if r["reason"] and r["status"] in ("failed", "infeasible") else ""
+        lines.append(f"{r['trial']:>5} {status:<10} {d:>10} {ci:>21} {r['seeds']:>5} {pd:>8} {fd:>8}  "
+                     f"{r['taper']}{extra}{reason}")
+    if any(r["early_stopped"] for r in board["trials"]):
+        lines.append("* stopped early by the scheduler: its value is not final")
+    lines += ["", "verdict: " + board["verdict"]["text"]]
+    return "\n".join(lines)

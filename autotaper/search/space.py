@@ -1,0 +1,461 @@
+"""Search spaces: which tapers a search may try, on which proxy, with which engine settings.
+
+A YAML space has four sections (all checked before any training, every problem reported
+at once):
+
+    proxy:   the short training run that ranks candidates (preset, family, steps, seeds, ...)
+    search:  engine settings (sampler, pruner, n_trials, objectives, seed)
+    taper:   per-dimension knobs (ffn, heads, embed): a scalar fixes a knob, a list is a
+             categorical choice, a mapping {low, high[, log][, step]} is a range
+    train:   optional non-taper knobs (lr)
+
+Per dimension the knobs are `curve` (required; "uniform" in the list lets the search leave
+the dimension alone), then either `start` and `end`, or `strength` and `asymmetry` with
+start = 1 + strength + asymmetry and end = 1 - strength + asymmetry (strength > 0 shrinks
+with depth, < 0 grows; the paper's 1.5 -> 0.5 is strength 0.5), and the curve's options
+`k` (sigmoid), `p` (power), `early`, `late`, `mid` (step), and `multiple`. Curve options are
+only sampled for the curve that uses them.
+
+Custom spaces subclass `BaseSpace` (or wrap a function with `FunctionSpace`): `suggest(trial)`
+returns a `Candidate` with a taper (text or `Taper`) or a whole `ModelSpec`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from autotaper.taper import DIMS, DimTaper, Taper
+
+SAMPLERS = ("tpe", "gp", "cmaes", "random", "grid", "nsga2")
+PRUNERS = ("median", "hyperband", "wilcoxon", "none")
+OBJECTIVES = ("bpb", "tokens_per_s")
+CURVE_OPTIONS = {"sigmoid": ("k",), "power": ("p",), "step": ("early", "late", "mid")}
+DIM_KEYS = {"curve", "start", "end", "strength", "asymmetry", "k", "p", "early", "late", "mid", "multiple"}
+TRAIN_KEYS = {"lr"}
+PAPER_DEFAULT = "ffn:cosine:1.5:0.5"
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """The short run that ranks candidates, identical for every trial of a study."""
+
+    preset: str = "proxy-xs"
+    family: str | None = None
+    steps: int = 150
+    batch_size: int = 16
+    lr: float = 3e-3
+    seeds: int = 2
+    constraint: str = "params"
+    tolerance: float = 1e-3
+    data: str | None = None
+    tokenizer: str = "bytes"
+    vocab_size: int | None = None
+    eval_every: int | None = None
+    precision: str = "auto"
+    schedule: str = "cosine"
+
+    def problems(self) -> list[str]:
+        from autotaper.families import family_names
+        from autotaper.solve import CONSTRAINTS
+        from autotaper.spec import PRESETS
+        from autotaper.train.config import PRECISIONS, SCHEDULES
+
+        out = []
+        if self.preset not in PRESETS:
+            out.append(f"proxy.preset: unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+        if self.family is not None and self.family not in family_names():
+            out.append(f"proxy.family: unknown family {self.family!r} (known: {', '.join(family_names())})")
+        for name in ("steps", "batch_size", "seeds"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                out.append(f"proxy.{name}: must be a positive integer, got {v!r}")
+        if self.eval_every is not None and (not isinstance(self.eval_every, int) or self.eval_every < 1):
+            out.append(f"proxy.eval_every: must be a positive integer, got {self.eval_every!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            out.append(f"proxy.lr: must be > 0, got {self.lr!r}")
+        if self.constraint not in CONSTRAINTS:
+            out.append(f"proxy.constraint: must be one of {', '.join(CONSTRAINTS)}, got {self.constraint!r}")
+        if not (isinstance(self.tolerance, (int, float)) and self.tolerance >= 0):
+            out.append(f"proxy.tolerance: must be >= 0, got {self.tolerance!r}")
+        if self.tokenizer not in ("bytes", "bpe"):
+            out.append(f"proxy.tokenizer: must be bytes or bpe, got {self.tokenizer!r}")
+        if self.precision not in PRECISIONS:
+            out.append(f"proxy.precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.schedule not in SCHEDULES:
+            out.append(f"proxy.schedule: must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.data is not None and not str(self.data).startswith("hf:") and not any(c in str(self.data) for c in "*?["):
+            if not Path(self.data).exists():
+                out.append(f"proxy.data: path {self.data!r} does not exist")
+        return out
+
+    def eval_interval(self) -> int:
+        return self.eval_every or max(1, self.steps // 4)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Settings:
+    sampler: str = "tpe"
+    pruner: str = "median"
+    n_trials: int = 12
+    objectives: tuple[str, ...] = ("bpb",)
+    seed: int = 0
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.sampler not in SAMPLERS:
+            out.append(f"search.sampler: unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
+        if self.pruner not in PRUNERS:
+            out.append(f"search.pruner: unknown pruner {self.pruner!r} (known: {', '.join(PRUNERS)})")
+        if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1:
+            out.append(f"search.n_trials: must be a positive integer, got {self.n_trials!r}")
+        objs = list(self.objectives)
+        if not objs or objs[0] != "bpb" or any(o not in OBJECTIVES for o in objs) or len(set(objs)) != len(objs):
+            out.append(f"search.objectives: must be [bpb] or [bpb, tokens_per_s], got {objs!r}")
+        if len(objs) > 1 and self.sampler in ("gp", "cmaes", "grid"):
+            out.append(f"search.sampler: {self.sampler} is single-objective; use tpe or nsga2 with {objs}")
+        return out
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+
+@dataclass
+class Candidate:
+    """What a space proposes for one trial."""
+
+    taper: Taper | str | None = None
+    spec: Any = None  # a full ModelSpec, for spaces that build their own shapes
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the proxy's training knobs
+
+
+class BaseSpace(abc.ABC):
+    """A search space: turns an Optuna trial into a candidate. Subclass for custom spaces."""
+
+    name: str = "custom"
+    proxy: Proxy = Proxy()
+    settings: Settings = Settings()
+
+    @abc.abstractmethod
+    def suggest(self, trial) -> Candidate: ...
+
+    def reference_params(self) -> dict[str, Any] | None:
+        """Parameters that reproduce the paper's default taper, or None if outside the space."""
+        return None
+
+    def grid(self) -> dict[str, list] | None:
+        """The full grid for the grid sampler (every knob a fixed value or a list)."""
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "proxy": self.proxy.to_dict()}
+
+
+class FunctionSpace(BaseSpace):
+    """A space from a function `fn(trial) -> Taper | str | ModelSpec | Candidate`."""
+
+    def __init__(self, fn: Callable[[Any], Any], *, proxy: Proxy | None = None, settings: Settings | None = None,
+                 name: str | None = None):
+        self.fn = fn
+        self.proxy = proxy or Proxy()
+        self.settings = settings or Settings()
+        self.name = name or getattr(fn, "__name__", "custom")
+
+    def suggest(self, trial) -> Candidate:
+        from autotaper.spec import ModelSpec
+
+        out = self.fn(trial)
+        if isinstance(out, Candidate):
+            return out
+        if isinstance(out, ModelSpec):
+            return Candidate(spec=out)
+        return Candidate(taper=out)
+
+
+# -- knobs -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Knob:
+    """One value in a space: fixed, a categorical choice, or a numeric range."""
+
+    name: str
+    fixed: Any = None
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    integer: bool = False
+
+    def suggest(self, trial) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.low is not None:
+            if self.integer:
+                return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
+                                         step=int(self.step or 1))
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+        return self.fixed
+
+    def values(self) -> list:
+        """Every value the knob can take at its extremes (ranges: both ends)."""
+        if self.choices is not None:
+            return list(self.choices)
+        if self.low is not None:
+            return [self.low, self.high]
+        return [self.fixed]
+
+
+def _knob(name: str, raw: Any, problems: list[str], *, numeric: bool = True, integer: bool = False) -> Knob | None:
+    if isinstance(raw, dict):
+        unknown = set(raw) - {"low", "high", "log", "step"}
+        if unknown:
+            problems.append(f"{name}: unknown range key(s) {', '.join(sorted(unknown))} (use low, high, log, step)")
+            return None
+        if "low" not in raw or "high" not in raw:
+            problems.append(f"{name}: a range needs low and high, got {raw!r}")
+            return None
+        low, high = raw["low"], raw["high"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+            problems.append(f"{name}: low and high must be numbers, got {low!r} and {high!r}")
+            return None
+        if low > high:
+            problems.append(f"{name}: inverted range, low {low} > high {high}")
+            return None
+        if low == high:
+            problems.append(f"{name}: empty range, low == high == {low} (write the value itself to fix it)")
+            return None
+        log = bool(raw.get("log", False))
+        if log and low <= 0:
+            problems.append(f"{name}: a log range needs low > 0, got {low}")
+            return None
+        return Knob(name, low=float(low), high=float(high), log=log, step=raw.get("step"), integer=integer)
+    if isinstance(raw, list):
+        if not raw:
+            problems.append(f"{name}: empty list of choices")
+            return None
+        if numeric and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+            problems.append(f"{name}: choices must be numbers, got {raw!r}")
+            return None
+        return Knob(name, choices=tuple(raw))
+    if numeric and (not isinstance(raw, (int, float)) or isinstance(raw, bool)):
+        problems.append(f"{name}: must be a number, a list or a {{low, high}} range, got {raw!r}")
+        return None
+    return Knob(name, fixed=raw)
+
+
+@dataclass(frozen=True)
+class DimSpace:
+    dim: str
+    knobs: dict[str, Knob]
+
+    def suggest(self, trial) -> DimTaper:
+        curve = self.knobs["curve"].suggest(trial)
+        if curve == "uniform":
+            return DimTaper(self.dim)
+        if "strength" in self.knobs:
+            s = self.knobs["strength"].suggest(trial)
+            a = self.knobs["asymmetry"].suggest(trial) if "asymmetry" in self.knobs else 0.0
+            start, end = 1.0 + s + a, 1.0 - s + a
+        else:
+            start, end = self.knobs["start"].suggest(trial), self.knobs["end"].suggest(trial)
+        # Ratios to 3 decimals: a 0.1% width change is far below one rounding multiple, and
+        # the taper text stays readable in logs and leaderboards.
+        start, end = round(float(start), 3), round(float(end), 3)
+        options = [(key, float(self.knobs[key].suggest(trial))) for key in CURVE_OPTIONS.get(curve, ())
+                   if key in self.knobs]
+        if "multiple" in self.knobs:
+            options.append(("m", float(self.knobs["multiple"].suggest(trial))))
+        return DimTaper(self.dim, curve, start, end, options=tuple(options))
+
+
+class YamlSpace(BaseSpace):
+    """The space a YAML file describes (see the module docstring)."""
+
+    def __init__(self, *, name: str, proxy: Proxy, settings: Settings, dims: list[DimSpace],
+                 train: dict[str, Knob], source: dict):
+        self.name, self.proxy, self.settings = name, proxy, settings
+        self.dims, self.train, self.source = dims, train, source
+
+    def suggest(self, trial) -> Candidate:
+        taper = Taper(tuple(d.suggest(trial) for d in self.dims))
+        return Candidate(taper=taper, train={k: knob.suggest(trial) for k, knob in self.train.items()})
+
+    def reference_params(self) -> dict[str, Any] | None:
+        """Parameters of the paper's cosine 1.5 -> 0.5 on ffn (other dims uniform), or None
+        when the space cannot express it. Knobs left out are sampled as usual."""
+        if not any(d.dim == "ffn" for d in self.dims):
+            return None
+        params: dict[str, Any] = {}
+        for d in self.dims:
+            k = d.knobs
+            wanted = {"curve": "cosine" if d.dim == "ffn" else "uniform"}
+            if d.dim == "ffn":
+                wanted.update({"strength": 0.5, "asymmetry": 0.0} if "strength" in k else {"start": 1.5, "end": 0.5})
+            for key, value in wanted.items():
+                if key not in k:
+                    continue
+                if not _admits(k[key], value):
+                    return None
+                if k[key].fixed is None:
+                    params[k[key].name] = value
+        return params
+
+    def grid(self) -> dict[str, list] | None:
+        grid: dict[str, list] = {}
+        for knob in [k for d in self.dims for k in d.knobs.values()] + list(self.train.values()):
+            if knob.low is not None:
+                return None
+            if knob.choices is not None:
+                grid[knob.name] = list(knob.choices)
+        return grid
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "proxy": self.proxy.to_dict(),
+                "taper": self.source.get("taper"), "train": self.source.get("train")}
+
+
+def _admits(knob: Knob, value: Any) -> bool:
+    if knob.choices is not None:
+        return value in knob.choices
+    if knob.low is not None:
+        return knob.low <= value <= knob.high
+    return knob.fixed == value
+
+
+def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | None = None) -> YamlSpace:
+    """Validate a space mapping; raise ValueError listing every problem, one per line."""
+    from autotaper.curves import curve_names
+
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ValueError(f"space {name}: must be a mapping with proxy, search, taper sections")
+    top = {"name", "description", "proxy", "search", "taper", "train"}
+    for key in sorted(set(data) - top):
+        problems.append(f"{key}: unknown section (known: {', '.join(sorted(top))})")
+
+    def section(key: str) -> dict:
+        value = data.get(key) or {}
+        if not isinstance(value, dict):
+            problems.append(f"{key}: must be a mapping, got {value!r}")
+            return {}
+        return value
+
+    proxy_raw = {**section("proxy"), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    proxy_fields = {f.name for f in dataclasses.fields(Proxy)}
+    for key in sorted(set(proxy_raw) - proxy_fields):
+        problems.append(f"proxy.{key}: unknown key (known: {', '.join(sorted(proxy_fields))})")
+    proxy = Proxy(**{k: v for k, v in proxy_raw.items() if k in proxy_fields})
+    problems += proxy.problems()
+
+    search_raw = section("search")
+    settings_fields = {f.name for f in dataclasses.fields(Settings)}
+    for key in sorted(set(search_raw) - settings_fields):
+        problems.append(f"search.{key}: unknown key (known: {', '.join(sorted(settings_fields))})")
+    search_kw = {k: v for k, v in search_raw.items() if k in settings_fields}
+    if "objectives" in search_kw:
+        search_kw["objectives"] = tuple(search_kw["objectives"]) if isinstance(search_kw["objectives"], list) \
+            else (search_kw["objectives"],)
+    settings = Settings(**search_kw)
+    problems += settings.problems()
+
+    dims: list[DimSpace] = []
+    taper_raw = section("taper")
+    if not taper_raw:
+        problems.append("taper: the space names no dimension to taper (ffn, heads or embed)")
+    known_curves = set(curve_names()) - {"list"}
+    for dim, knobs_raw in taper_raw.items():
+        if dim not in DIMS:
+            problems.append(f"taper.{dim}: unknown dimension (known: {', '.join(DIMS)})")
+            continue
+        if not isinstance(knobs_raw, dict):
+            problems.append(f"taper.{dim}: must be a mapping of knobs, got {knobs_raw!r}")
+            continue
+        for key in sorted(set(knobs_raw) - DIM_KEYS):
+            problems.append(f"taper.{dim}.{key}: unknown knob (known: {', '.join(sorted(DIM_KEYS))})")
+        knobs: dict[str, Knob] = {}
+        if "curve" not in knobs_raw:
+            problems.append(f"taper.{dim}.curve: required")
+        else:
+            curve = _knob(f"{dim}.curve", knobs_raw["curve"], problems, numeric=False)
+            if curve is not None:
+                for c in curve.values():
+                    if c not in known_curves:
+                        problems.append(f"taper.{dim}.curve: unknown curve {c!r} (known: {', '.join(sorted(known_curves))})")
+                knobs["curve"] = curve
+        has_pair = "start" in knobs_raw or "end" in knobs_raw
+        if has_pair and ("strength" in knobs_raw or "asymmetry" in knobs_raw):
+            problems.append(f"taper.{dim}: give start/end or strength/asymmetry, not both")
+        elif has_pair and not ("start" in knobs_raw and "end" in knobs_raw):
+            problems.append(f"taper.{dim}: start and end go together")
+        elif not has_pair and "strength" not in knobs_raw and set(knobs.get("curve", Knob("x", fixed="uniform")).values()) != {"uniform"}:
+            problems.append(f"taper.{dim}: needs start and end, or strength")
+        for key in sorted((set(knobs_raw) & DIM_KEYS) - {"curve"}):
+            knob = _knob(f"{dim}.{key}", knobs_raw[key], problems, integer=key == "multiple")
+            if knob is not None:
+                knobs[key] = knob
+        problems += _ratio_problems(dim, knobs)
+        dims.append(DimSpace(dim, knobs))
+
+    train: dict[str, Knob] = {}
+    for key, raw in section("train").items():
+        if key not in TRAIN_KEYS:
+            problems.append(f"train.{key}: unknown knob (known: {', '.join(sorted(TRAIN_KEYS))})")
+            continue
+        knob = _knob(f"train.{key}", raw, problems)
+        if knob is not None:
+            if any(v <= 0 for v in knob.values()):
+                problems.append(f"train.{key}: must be > 0, got {raw!r}")
+            train[key] = knob
+    if settings.sampler == "grid" and not problems:
+        space = YamlSpace(name=name, proxy=proxy, settings=settings, dims=dims, train=train, source=data)
+        if space.grid() is None:
+            problems.append("search.sampler: grid needs every knob fixed or a list of values, not a range")
+    if problems:
+        raise ValueError(f"space {name}: {len(problems)} problem(s): " + "; ".join(problems))
+    return YamlSpace(name=str(data.get("name") or name), proxy=proxy, settings=settings, dims=dims, train=train,
+                     source=data)
+
+
+def _ratio_problems(dim: str, knobs: dict[str, Knob]) -> list[str]:
+    """Ratios that no budget can satisfy: a width ratio of zero or below somewhere in range."""
+    out = []
+    if "strength" in knobs:
+        s_vals = knobs["strength"].values()
+        a_vals = knobs["asymmetry"].values() if "asymmetry" in knobs else [0.0]
+        if not all(isinstance(v, (int, float)) for v in s_vals + a_vals):
+            return out
+        for s in s_vals:
+            for a in a_vals:
+                if 1 + s + a <= 0 or 1 - s + a <= 0:
+                    out.append(f"taper.{dim}: strength {s} with asymmetry {a} gives start {1 + s + a:g}, "
+                               f"end {1 - s + a:g}; ratios must stay > 0 (|strength| - asymmetry < 1)")
+                    return out
+    for key in ("start", "end", "k", "p", "mid", "multiple"):
+        if key in knobs and any(isinstance(v, (int, float)) and v <= 0 for v in knobs[key].values()):
+            out.append(f"taper.{dim}.{key}: must be > 0 everywhere in its range, got {knobs[key].values()}")
+    for key in ("early", "late"):
+        if key in knobs and any(isinstance(v, (int, float)) and not 0 <= v <= 1 for v in knobs[key].values()):
+            out.append(f"taper.{dim}.{key}: a fraction of depth must lie in [0, 1], got {knobs[key].values()}")
+    return out
+
+
+def load_space(path: str | Path, *, overrides: dict[str, Any] | None = None) -> YamlSpace:
+    """Read and validate a YAML space; `overrides` replace proxy keys (CLI --preset etc.)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"space: file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"space {path.name}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_space(data, name=path.stem, overrides=overrides)

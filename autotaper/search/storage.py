@@ -1,0 +1,121 @@
+"""Where a study lives: an SQLite file, a journal file, or a PostgreSQL server.
+
+    (none)                       runs/search/<study>/study.db   (journal.log with --workers > 1)
+    sqlite:///path/study.db      one machine, one process at a time writing
+    journal:path/study.log       several processes on one machine (file locks, no server)
+    path/x.log | path/x.db       the same, by suffix
+    postgresql://user@host/db    several machines (needs psycopg2)
+
+RDB storages run Optuna's heartbeat, so a trial whose machine dies is failed after the
+grace period. On every machine a restart also fails at once the RUNNING trials whose
+worker process (recorded as host and pid) no longer exists, so a killed search never
+leaves trials running forever.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+DEFAULT_ROOT = Path("runs/search")
+HEARTBEAT_S = 10
+GRACE_S = 60
+
+
+def default_location(study: str, *, workers: int = 1, root: Path = DEFAULT_ROOT) -> str:
+    folder = root / study
+    if (folder / "journal.log").exists():
+        return f"journal:{folder / 'journal.log'}"
+    if (folder / "study.db").exists() or workers <= 1:
+        return f"sqlite:///{folder / 'study.db'}"
+    return f"journal:{folder / 'journal.log'}"
+
+
+def open_storage(url: str):
+    """An Optuna storage object for `url` (see the module docstring)."""
+    import optuna
+
+    if url.startswith("journal:"):
+        return _journal(url[len("journal:"):])
+    if url.endswith((".log", ".journal", ".jsonl")) and "://" not in url:
+        return _journal(url)
+    if url.endswith((".db", ".sqlite", ".sqlite3")) and "://" not in url:
+        url = f"sqlite:///{url}"
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    elif url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://"):]
+        url = _postgres_driver(url)
+    elif url.startswith(("mysql://", "mysql+")):
+        pass
+    else:
+        raise ValueError(f"storage: unsupported URL {url!r} (use sqlite:///, journal:, or postgresql://)")
+    import warnings
+
+    # Workers that start together on a fresh database race to create Optuna's tables; the
+    # loser gets a unique-violation error and succeeds on a second try.
+    for attempt in range(4):
+        try:
+            with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        except Exception as e:  # sqlalchemy raises many kinds; the user needs one line
+            error = e
+            if "already exists" not in str(e) and "UniqueViolation" not in str(e) and "duplicate key" not in str(e):
+                break
+            time.sleep(0.5 * (attempt + 1))
+    raise ValueError(f"storage: cannot open {url!r}: {str(error).splitlines()[0]}") from None
+
+
+def _postgres_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 when that is what is here."""
+    import importlib.util
+
+    if not url.startswith("postgresql://"):
+        return url
+    if importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    if importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    raise ValueError("storage: PostgreSQL needs psycopg2 (pip install 'autotaper[postgres]')")
+
+
+def _journal(path: str):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_trials(study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker on this host is gone; returns their numbers."""
+    import optuna
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    failed = []
+    if isinstance(study._storage, optuna.storages.RDBStorage):
+        optuna.storages.fail_stale_trials(study)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+            storage = study._storage
+            storage.set_trial_user_attr(t._trial_id, "status", "failed")
+            storage.set_trial_user_attr(t._trial_id, "reason", f"worker process {pid} died (killed or crashed)")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            failed.append(t.number)
+    return failed

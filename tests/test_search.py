@@ -1,0 +1,252 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from autotaper.search import FunctionSpace, Proxy, Settings, leaderboard, load_space, parse_space, run_search
+from autotaper.stats import paired
+from tests.helpers import write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return str(write_corpus(tmp_path_factory.mktemp("search") / "corpus"))
+
+
+def tiny_space(corpus, **changes):
+    data = {"name": "tiny", "proxy": {"preset": "tiny", "steps": 10, "batch_size": 8, "seeds": 2,
+                                      "precision": "fp32", "data": corpus, "eval_every": 5},
+            "search": {"sampler": "tpe", "pruner": "none", "n_trials": 4},
+            "taper": {"ffn": {"curve": ["linear", "cosine"], "strength": {"low": -0.5, "high": 0.75}}}}
+    for section, value in changes.items():
+        data[section] = {**data.get(section, {}), **value} if isinstance(value, dict) else value
+    return data
+
+
+def write_space(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOTAPER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+
+
+def test_end_to_end_search_and_leaderboard(corpus, tmp_path):
+    space = parse_space(tiny_space(corpus))
+    summary = run_search(space, quiet=True)
+    assert summary.storage == "sqlite:///runs/search/tiny/study.db"
+    board = leaderboard(summary.storage, "tiny")
+    rows = {r["trial"]: r for r in board["trials"]}
+    assert rows[0]["status"] == "reference" and rows[0]["taper"] == "uniform" and rows[0]["delta_bpb"] == 0.0
+    assert rows[1]["taper"] == "ffn:cosine:1.5:0.5"  # the paper's default, enqueued first
+    done = [r for r in board["trials"] if r["status"] == "complete"]
+    assert len(done) >= 2
+    for r in done:
+        assert r["seeds"] == 2 and r["params_delta"] == 0 and len(r["ci95"]) == 2
+        assert r["ci95"][0] <= r["delta_bpb"] <= r["ci95"][1]
+    assert board["verdict"]["text"]
+    # the study's baselines are cached per seed, and trials paired with them
+    study = optuna.load_study(study_name="tiny", storage=summary.storage)
+    assert {"baseline/seed0", "baseline/seed1"} <= set(study.user_attrs)
+    t1 = study.trials[1]
+    base = [study.user_attrs[f"baseline/seed{i}"]["value"] for i in range(2)]
+    assert t1.user_attrs["seed_deltas"] == pytest.approx([v - b for v, b in zip(t1.user_attrs["seed_values"], base)])
+    assert t1.value == pytest.approx(sum(t1.user_attrs["seed_deltas"]) / 2)
+
+
+def test_results_cli_json_csv_and_table(corpus, tmp_path):
+    run_search(parse_space(tiny_space(corpus)), quiet=True)
+    base = [sys.executable, "-m", "autotaper", "results", "--study", "tiny"]
+    out = json.loads(subprocess.run([*base, "--json"], capture_output=True, text=True, check=True).stdout)
+    assert set(out["trials"][0]) >= {"taper", "widths", "params_delta", "flops_delta", "delta_bpb", "ci95",
+                                     "seeds", "status"}
+    csv_text = subprocess.run([*base, "--csv"], capture_output=True, text=True, check=True).stdout
+    assert csv_text.splitlines()[0].startswith("trial,taper,widths") and len(csv_text.splitlines()) == 5
+    table = subprocess.run(base, capture_output=True, text=True, check=True).stdout
+    assert "verdict:" in table and "reference" in table
+    missing = subprocess.run([*base[:-1], "nope"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no study" in missing.stderr and len(missing.stderr.splitlines()) == 1
+
+
+def test_failed_and_infeasible_trials_are_recorded(corpus):
+    data = tiny_space(corpus, search={"sampler": "random", "n_trials": 3},
+                      taper={"ffn": {"curve": "cosine", "strength": 0.5, "multiple": [16, 256]}},
+                      train={"lr": [3e-3, 500.0]})
+    space = parse_space(data)
+    run_search(space, n_trials=8, quiet=True)
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///runs/search/tiny/study.db")
+    rows = leaderboard("sqlite:///runs/search/tiny/study.db", "tiny")["trials"]
+    statuses = {r["status"] for r in rows}
+    assert "infeasible" in statuses and "failed" in statuses
+    for t in study.trials:
+        if t.user_attrs.get("status") == "infeasible":
+            assert t.constraints["budget"] > 0 and "minimum of one multiple" in t.user_attrs["reason"]
+        if t.state == optuna.trial.TrialState.FAIL:
+            assert "diverged" in (t.system_attrs.get("fail_reason") or "") or t.user_attrs.get("reason")
+        if t.user_attrs.get("status") == "complete":
+            assert t.constraints["budget"] <= 0
+
+
+def test_resume_keeps_completed_trials_and_fails_the_killed_one(corpus, tmp_path):
+    data = tiny_space(corpus, proxy={"steps": 60, "eval_every": 20}, search={"n_trials": 6})
+    path = write_space(tmp_path / "space.yaml", data)
+    cmd = [sys.executable, "-m", "autotaper", "search", "--space", str(path), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    storage = "sqlite:///runs/search/tiny/study.db"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if not Path("runs/search/tiny/study.db").exists():
+            continue
+        try:
+            study = optuna.load_study(study_name="tiny", storage=storage)
+        except KeyError:
+            continue
+        states = [t.state for t in study.trials]
+        if states.count(optuna.trial.TrialState.COMPLETE) >= 2 and optuna.trial.TrialState.RUNNING in states:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {t.number: t.value for t in optuna.load_study(study_name="tiny", storage=storage).trials
+              if t.state == optuna.trial.TrialState.COMPLETE}
+    assert len(before) >= 2, "the search did not get far enough to be killed mid-trial"
+    subprocess.run(cmd, check=True, capture_output=True)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    after = {t.number: t for t in study.trials}
+    for number, value in before.items():  # kept, not redone
+        assert after[number].value == value
+    killed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert killed and "died" in killed[0].user_attrs["reason"]
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 6
+
+
+def _check_shared_study(storage: str, study_name: str, n_trials: int):
+    from autotaper.search.storage import open_storage
+
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    trials = study.trials
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    finished = [t for t in trials if t.state.is_finished()]
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= n_trials
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    pids = {t.user_attrs.get("pid") for t in finished if t.user_attrs.get("status") != "reference"}
+    return pids
+
+
+def test_two_worker_processes_share_one_journal_study(corpus, tmp_path):
+    data = tiny_space(corpus, proxy={"steps": 20}, search={"n_trials": 6})
+    path = write_space(tmp_path / "space.yaml", data)
+    proc = subprocess.run([sys.executable, "-m", "autotaper", "search", "--space", str(path), "--workers", "2",
+                           "--quiet", "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    board = json.loads(proc.stdout)
+    assert board["storage"] == "journal:runs/search/tiny/journal.log"
+    pids = _check_shared_study(board["storage"], "tiny", 6)
+    assert len(pids) == 2, f"trials ran in {pids}, expected both workers"
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_postgresql_study(corpus, tmp_path):
+    from tests.servers import start_postgres
+
+    url, stop = start_postgres()
+    try:
+        data = tiny_space(corpus, proxy={"steps": 20}, search={"n_trials": 7})
+        path = write_space(tmp_path / "space.yaml", data)
+        cmd = [sys.executable, "-m", "autotaper", "search", "--space", str(path), "--storage", url,
+               "--study", "pg", "--quiet"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        # two independent workers, as on two machines: separate processes, one database
+        procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for _ in range(2)]
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err.decode()[-3000:]
+        pids = _check_shared_study(url, "pg", 7)
+        assert len(pids) == 2
+        from autotaper.search.storage import open_storage
+
+        study = optuna.load_study(study_name="pg", storage=open_storage(url))
+        assert {"baseline/seed0", "baseline/seed1"} <= set(study.user_attrs)
+        rows = leaderboard(url, "pg")["trials"]
+        assert [r["status"] for r in rows].count("reference") == 1
+        assert {r["status"] for r in rows} <= {"reference", "complete", "pruned", "infeasible"}
+    finally:
+        stop()
+
+
+def test_python_api_custom_space(corpus):
+    def space_fn(trial):
+        strength = trial.suggest_float("s", 0.0, 0.6)
+        return f"ffn:linear:{1 + strength:.3f}:{1 - strength:.3f}"
+
+    proxy = Proxy(preset="tiny", steps=10, batch_size=8, seeds=2, precision="fp32", data=corpus)
+    space = FunctionSpace(space_fn, proxy=proxy, settings=Settings(sampler="random", pruner="none", n_trials=3),
+                          name="custom")
+    summary = run_search(space, quiet=True)
+    rows = leaderboard(summary.storage, "custom")["trials"]
+    assert sum(r["status"] == "complete" for r in rows) == 2
+    assert all(r["taper"].startswith("ffn:linear") for r in rows if r["status"] == "complete")
+
+
+def test_space_validation_lists_every_problem(tmp_path):
+    bad = {"proxy": {"preset": "huge", "steps": 0, "colour": "red"},
+           "search": {"sampler": "annealing", "pruner": "median"},
+           "taper": {"ffn": {"curve": ["cosine", "zigzag"], "strength": {"low": 0.8, "high": 0.2}},
+                     "heads": {"curve": "linear", "strength": {"low": 0.5, "high": 1.5}},
+                     "depth": {"curve": "linear"}},
+           "extras": 1}
+    with pytest.raises(ValueError) as e:
+        parse_space(bad)
+    text = str(e.value)
+    for needle in ("proxy.preset", "proxy.steps", "proxy.colour", "search.sampler", "zigzag", "inverted range",
+                   "taper.heads: strength 1.5", "taper.depth", "extras"):
+        assert needle in text, needle
+    path = write_space(tmp_path / "bad.yaml", bad)
+    proc = subprocess.run([sys.executable, "-m", "autotaper", "search", "--space", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "9 problem(s)" in proc.stderr
+    assert not Path("runs").exists()  # nothing trained, nothing stored
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "search_spaces").glob("*.yaml")))
+def test_shipped_spaces_are_valid(name):
+    space = load_space(ROOT / "search_spaces" / name)
+    assert space.reference_params() is not None or space.settings.sampler == "grid"
+
+
+def test_paper_grid_is_the_papers_fifteen_points():
+    space = load_space(ROOT / "search_spaces" / "paper_grid.yaml")
+    grid = space.grid()
+    assert len(grid["ffn.curve"]) * len(grid["ffn.strength"]) == 15
+    assert space.settings.n_trials == 16  # the grid plus the uniform reference
+
+
+def test_paired_statistics_against_hand_computed_values():
+    d = [0.010, -0.020, 0.005]
+    s = paired(d)
+    mean = -0.005 / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 2)
+    assert s.mean == pytest.approx(mean) and s.sd == pytest.approx(sd)
+    assert s.se == pytest.approx(sd / math.sqrt(3))
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, 2 dof), from tables
+    assert s.ci95 == pytest.approx((mean - half, mean + half))
+    assert not s.significant
+    assert paired([-0.01, -0.012, -0.011, -0.0105]).significant
+    one = paired([0.3])
+    assert one.ci95 is None and one.se is None
