@@ -140,8 +140,19 @@ def cmd_train(args) -> int:
     data, base = _data_and_baseline(args)
     spec = solve(base, args.taper, constraint=args.constraint, tolerance=args.tolerance)
     out = args.out or f"runs/train/{args.preset}-{_slug(spec.taper)}-seed{args.seed}-{args.steps}steps"
-    result = train(spec, data, config, out_dir=out, quiet=args.quiet)
-    summary = {k: v for k, v in result.to_dict().items() if k != "history"}
+    if args.ray_workers:
+        from types import SimpleNamespace
+
+        from autotaper.train.ray_train import train_on_ray
+
+        summary = train_on_ray(spec, config, out_dir=out, data=args.data, tokenizer=args.tokenizer,
+                               vocab_size=args.vocab_size, num_workers=args.ray_workers, use_gpu=args.use_gpu,
+                               address=args.address)
+        result = SimpleNamespace(**{"reason": None, "val_bpb": None, "val_loss": None, "tokens_per_s": 0.0,
+                                    "precision": "?", **summary})
+    else:
+        result = train(spec, data, config, out_dir=out, quiet=args.quiet)
+        summary = {k: v for k, v in result.to_dict().items() if k != "history"}
     print(f"{result.status}{' (' + result.reason + ')' if result.reason else ''}: {spec.taper} on "
           f"{args.preset}, {result.steps} steps, seed {args.seed}, corpus {data.name}", file=sys.stderr)
     bpb = "n/a" if result.val_bpb is None else f"{result.val_bpb:.4f}"
@@ -275,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run directory (default runs/train/...); an existing run resumes")
+    p.add_argument("--ray-workers", type=int, default=0,
+                   help="train with DDP on this many Ray Train workers (TorchTrainer)")
+    p.add_argument("--use-gpu", action="store_true", help="Ray Train workers take one GPU each")
+    p.add_argument("--address", help="Ray cluster for --ray-workers (default: start one here)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="a taper against uniform on paired seeds, with a 95%% interval")

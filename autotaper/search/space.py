@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -352,6 +353,11 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
     proxy_fields = {f.name for f in dataclasses.fields(Proxy)}
     for key in sorted(set(proxy_raw) - proxy_fields):
         problems.append(f"proxy.{key}: unknown key (known: {', '.join(sorted(proxy_fields))})")
+    data_path = proxy_raw.get("data")
+    if isinstance(data_path, str) and data_path:
+        # absolute, so workers that run elsewhere (Ray trial directories) find the same files
+        proxy_raw["data"] = ("hf:" + os.path.abspath(data_path[3:])) if data_path.startswith("hf:") \
+            else os.path.abspath(data_path)
     proxy = Proxy(**{k: v for k, v in proxy_raw.items() if k in proxy_fields})
     problems += proxy.problems()
 

@@ -167,7 +167,7 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
         raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of world size x grad_accum "
                          f"({world} x {config.grad_accum})")
     device = resolve_device(config.device)
-    if device.type == "cuda" and world > 1:
+    if device.type == "cuda" and world > 1 and config.device == "auto":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     precision = resolve_precision(config.precision, device)

@@ -1,0 +1,295 @@
+"""The Ray Tune backend: the same space, objective and study storage as the Optuna backend,
+with trials spread over every CPU, GPU and node of a Ray cluster.
+
+- Trials are proposed by Ray's `OptunaSearch` over the same define-by-run space; the
+  define-by-run function is `TaperObjective.prepare`, so the budget is solved and the
+  constraint recorded with `trial.set_constraint` exactly as locally, in the same study.
+- Each trial trains on the paired seeds in a Tune function (`ray.tune.report`; Ray 2.60
+  raises on `ray.train.report` there), reporting the running paired mean at every
+  evaluation against the global step, so ASHA (or HyperBand) can stop it early.
+- Known traps, handled here: (1) `OptunaSearch` tells Optuna COMPLETE with whatever value
+  an ASHA-stopped trial reported last; `_StudySearch` tells PRUNED instead and marks the
+  trial `early_stopped`, so neither TPE nor the leaderboard takes an early value as final.
+  (2) `ResultGrid.get_best_result()` ignores constraints: results are read from the study.
+  (3) Ray 2.60 turns token auth on for new local clusters: a local instance is started by
+  `ray.init` in this process, which owns the token; attach to other clusters with
+  `--address` (and RAY_AUTH_TOKEN where the cluster uses auth).
+- Resume: the Tune experiment lives under `tune_storage/STUDY`; running again restores it
+  (`Tuner.restore`, unfinished and errored trials resumed) and the study keeps its trials.
+- Faults: a trial whose worker process dies is retried (`FailureConfig(max_failures=2)`);
+  one that keeps failing ends FAIL in the study with Tune's error as the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from autotaper.search.engine import SearchSummary, add_references, finished, open_study
+from autotaper.search.objective import INFEASIBLE_PENALTY, TaperObjective, ensure_baselines, metric_key
+from autotaper.search.space import BaseSpace
+
+METRIC = "delta_bpb"
+MAX_FAILURES = 2
+
+
+def _trainable(config: dict, space: BaseSpace = None, baselines: dict = None, cpus: float = 1.0) -> None:
+    """One Tune trial: train the prepared candidate on the paired seeds."""
+    import ray
+    import torch
+    from ray import tune
+
+    from autotaper.data import load_data
+    from autotaper.search.objective import Prepared
+    from autotaper.spec import ModelSpec
+
+    torch.set_num_threads(max(1, int(cpus)))
+    started = time.perf_counter()
+    node = {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+    steps_total = space.proxy.steps * space.proxy.seeds
+    if config.get("infeasible"):
+        tune.report({METRIC: INFEASIBLE_PENALTY, "tokens_per_s": 0.0, "step": steps_total, "final": True,
+                     "attrs": {"status": "infeasible", **node}})
+        return
+    if config.get("cached"):  # an identical spec was measured already: same numbers
+        cached = config["cached"]
+        tune.report({METRIC: cached["delta"], "tokens_per_s": cached.get("tokens_per_s") or 0.0, "step": steps_total,
+                     "final": True, "attrs": {**node, **cached, "wall_time_s": time.perf_counter() - started}})
+        return
+    data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
+    objective = TaperObjective(space, data, baselines)
+    prep = Prepared(spec=ModelSpec.from_dict(config["spec"]), train=config.get("train") or {})
+    first = []
+
+    def report(value: float, step: int) -> bool:
+        attrs = node if not first else {}
+        first.append(step)
+        tune.report({METRIC: value, "tokens_per_s": 0.0, "step": step, "final": False, "attrs": attrs})
+        return False  # the scheduler stops trials itself
+
+    out = objective.run(prep, report)
+    attrs = {**node, **out.attrs(time.perf_counter() - started)}
+    value = sum(out.deltas) / len(out.deltas) if out.deltas else INFEASIBLE_PENALTY
+    speed = attrs.get("tokens_per_s", 0.0)
+    tune.report({METRIC: value, "tokens_per_s": speed, "step": steps_total, "final": True, "attrs": attrs})
+
+
+def _study_search_class():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class _StudySearch(OptunaSearch):
+        """OptunaSearch that writes trial attributes into the study and tells Optuna the
+        truth about early-stopped, failed and crashed trials."""
+
+        def __init__(self, *args, paths: dict | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._last: dict[str, dict] = {}
+            self._paths = paths if paths is not None else {}  # trial id -> trial dir, for errors
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            ot = self._ot_trials.get(trial_id)
+            if ot is None or trial_id in self._completed_trials:
+                return
+            for key, value in _attrs(result).items():
+                ot.set_user_attr(key, value)
+            ot.set_user_attr("early_stopped", not result.get("final", False))
+            self._last[trial_id] = result
+            if not result.get("final"):
+                super().on_trial_result(trial_id, result)  # the intermediate value, for TPE
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            import optuna
+
+            ot = self._ot_trials.get(trial_id)
+            if ot is None or trial_id in self._completed_trials:
+                return
+            result = result or self._last.get(trial_id) or {}
+            status = _attrs(result).get("status")
+            try:
+                if error:
+                    ot.set_user_attr("status", "failed")
+                    ot.set_user_attr("reason", _error_reason(self._paths.get(trial_id)))
+                    self._ot_study.tell(ot, state=optuna.trial.TrialState.FAIL)
+                elif status == "failed":
+                    self._ot_study.tell(ot, state=optuna.trial.TrialState.FAIL)
+                elif status in ("complete", "infeasible") and result.get("final"):
+                    values = [result[m] for m in self.metric] if isinstance(self.metric, list) else result[self.metric]
+                    self._ot_study.tell(ot, values)
+                else:  # stopped by ASHA/HyperBand: its value is not final
+                    ot.set_user_attr("status", "pruned")
+                    ot.set_user_attr("early_stopped", True)
+                    ot.set_user_attr("reason", "stopped early by the Tune scheduler")
+                    self._ot_study.tell(ot, state=optuna.trial.TrialState.PRUNED)
+            except Exception as e:  # noqa: BLE001 - a finished trial must never stop the search
+                import logging
+
+                logging.getLogger(__name__).warning("could not record trial %s: %s", trial_id, e)
+            self._completed_trials.add(trial_id)
+
+    return _StudySearch
+
+
+def _attrs(result: dict) -> dict:
+    """Trial attributes from a result; Tune flattens nested dicts to "attrs/key" keys."""
+    if isinstance(result.get("attrs"), dict):
+        return result["attrs"]
+    return {k[len("attrs/"):]: v for k, v in result.items() if k.startswith("attrs/")}
+
+
+def _error_reason(path: str | None) -> str:
+    if path:
+        err = Path(path) / "error.txt"
+        if err.exists():
+            lines = [line for line in err.read_text().splitlines() if line.strip()]
+            if lines:
+                return f"failed {MAX_FAILURES + 1} times; last error: {lines[-1][:300]}"
+    return f"the trial's worker failed {MAX_FAILURES + 1} times"
+
+
+def _paths_callback(paths: dict):
+    from ray.tune import Callback
+
+    class _Paths(Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            paths[trial.trial_id] = trial.local_path
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            paths[trial.trial_id] = trial.local_path
+
+    return _Paths()
+
+
+class _Define:
+    """The define-by-run space for OptunaSearch: `TaperObjective.prepare` on the driver.
+    Tune pickles its searcher (and so this) into the experiment state; the objective, which
+    holds memory-mapped token arrays, is rebuilt after unpickling instead of copied."""
+
+    def __init__(self, space: BaseSpace, baselines: dict, objective: TaperObjective | None = None):
+        self.space, self.baselines, self._objective = space, baselines, objective
+
+    def __getstate__(self):
+        return {"space": self.space, "baselines": self.baselines, "_objective": None}
+
+    def __call__(self, trial) -> dict[str, Any]:
+        if self._objective is None:
+            from autotaper.data import load_data
+
+            p = self.space.proxy
+            self._objective = TaperObjective(self.space, load_data(p.data, tokenizer=p.tokenizer,
+                                                                   vocab_size=p.vocab_size), self.baselines)
+        trial.set_user_attr("backend", "ray")
+        prep = self._objective.prepare(trial)
+        if prep.infeasible:
+            return {"infeasible": True}
+        if prep.cached:
+            return {"cached": prep.cached}
+        return {"spec": prep.spec.to_dict(), "train": prep.train}
+
+
+def _connect(address: str | None) -> bool:
+    """Attach to `address` or start a local instance; True when we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as e:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
+            raise ValueError(f"--address {address!r}: cannot connect to a Ray cluster ({str(e).splitlines()[0]})") \
+                from None
+        return False
+    ray.init(include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: str | None = None,
+                   n_trials: int | None = None, timeout: float | None = None, address: str | None = None,
+                   cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
+                   tune_storage: str | None = None, quiet: bool = False) -> SearchSummary:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    from autotaper.data import load_data
+
+    if gpus_per_trial < 0 or cpus_per_trial <= 0:
+        raise ValueError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
+                         f"{cpus_per_trial} and {gpus_per_trial}")
+    n_trials = n_trials or space.settings.n_trials
+    started = time.time()
+    study, url = open_study(space, storage=storage, study_name=study_name)
+    data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
+    ours = _connect(address)
+    try:
+        baselines = _baselines_on_cluster(study, space, data, cpus_per_trial, gpus_per_trial)
+        add_references(study, space, baselines, metric_key(data))
+        objective = TaperObjective(space, data, baselines)
+        multi = space.settings.multi_objective
+        metric = [METRIC, "tokens_per_s"] if multi else METRIC
+        mode = ["min", "max"] if multi else "min"
+        paths: dict[str, str] = {}
+        searcher = _study_search_class()(space=_Define(space, baselines, objective), metric=metric, mode=mode,
+                                         sampler=study.sampler, study_name=study.study_name,
+                                         storage=study._storage, paths=paths)
+        p = space.proxy
+        if multi or space.settings.pruner == "none":
+            scheduler = FIFOScheduler()
+        elif space.settings.pruner == "hyperband":
+            scheduler = HyperBandScheduler(time_attr="step", max_t=p.steps * p.seeds, metric=METRIC, mode="min")
+        else:  # median and wilcoxon map to ASHA, Tune's asynchronous early stopping
+            scheduler = ASHAScheduler(time_attr="step", max_t=p.steps * p.seeds, metric=METRIC, mode="min",
+                                      grace_period=max(p.eval_interval(), p.steps // 2), reduction_factor=3)
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, space=space, baselines=baselines, cpus=cpus_per_trial),
+            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        root = Path(tune_storage or "runs/ray").resolve()
+        say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
+        # An interrupted experiment is restored first (its unfinished trials resume in the same
+        # study trials); trials still missing after that run in a new experiment.
+        last = study.user_attrs.get("ray/experiment")
+        if last and tune.Tuner.can_restore(last):
+            say(f"restoring the Ray Tune experiment in {last}")
+            tune.Tuner.restore(last, trainable=trainable, resume_errored=True).fit()
+        remaining = max(0, n_trials - finished(study))
+        if remaining:
+            name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            study.set_user_attr("ray/experiment", str(root / name))
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+                                            max_concurrent_trials=max_concurrent, time_budget_s=timeout,
+                                            **({} if multi else {"metric": METRIC, "mode": "min"})),
+                run_config=tune.RunConfig(name=name, storage_path=str(root),
+                                          failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+                                          callbacks=[_paths_callback(paths)], verbose=0 if quiet else 1))
+            tuner.fit()  # the leaderboard reads the study, not the ResultGrid (constraints, early stops)
+    finally:
+        if ours:
+            ray.shutdown()
+    return SearchSummary(study.study_name, url, len(study.get_trials(deepcopy=False)), time.time() - started)
+
+
+def _baselines_on_cluster(study, space: BaseSpace, data, cpus: float, gpus: float) -> dict[int, dict]:
+    """Missing per-seed baselines train as Ray tasks in parallel, then are cached in the study."""
+    import ray
+
+    missing = [s for s in range(space.proxy.seeds) if f"baseline/seed{s}" not in study.user_attrs]
+    if missing:
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_baseline_task)
+        results = ray.get([task.remote(space, s) for s in missing])
+        for seed, entry in zip(missing, results):
+            if f"baseline/seed{seed}" not in study.user_attrs:
+                study.set_user_attr(f"baseline/seed{seed}", entry)
+    return ensure_baselines(study, space, data)
+
+
+def _baseline_task(space: BaseSpace, seed: int) -> dict:
+    from autotaper.data import load_data
+    from autotaper.search.objective import baseline_entry
+
+    data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
+    return baseline_entry(space, data, seed)

@@ -1,0 +1,109 @@
+"""One contract for both backends: the same micro space, preset and kind of result rows,
+resume, failed and infeasible trials (a conformance suite in the manner of Optuna's
+`optuna/testing/pytest_samplers.py`). The Ray backend runs on a local Ray instance started
+once for this module."""
+
+import optuna
+import pytest
+
+from autotaper.search import leaderboard, parse_space, run_search
+from tests.helpers import write_corpus
+
+BACKENDS = ["optuna", "ray"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return str(write_corpus(tmp_path_factory.mktemp("backends") / "corpus"))
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _cwd(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOTAPER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(params=BACKENDS)
+def search(request):
+    """search(space, **kw) through one backend; returns the study's storage URL."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_instance")
+        from autotaper.search.ray_backend import run_ray_search
+
+        def run(space, **kw):
+            return run_ray_search(space, quiet=True, cpus_per_trial=1, **kw).storage
+    else:
+        def run(space, **kw):
+            return run_search(space, quiet=True, **kw).storage
+    run.backend = request.param
+    return run
+
+
+def micro(corpus, **changes):
+    data = {"name": "micro", "proxy": {"preset": "tiny", "steps": 10, "batch_size": 8, "seeds": 2,
+                                       "precision": "fp32", "data": corpus, "eval_every": 5},
+            "search": {"sampler": "tpe", "pruner": "none", "n_trials": 4},
+            "taper": {"ffn": {"curve": ["linear", "cosine"], "strength": {"low": -0.5, "high": 0.75}}}}
+    for k, v in changes.items():
+        data[k] = {**data[k], **v} if k in data else v
+    return parse_space(data)
+
+
+def test_rows_have_the_same_shape(search, corpus):
+    url = search(micro(corpus))
+    board = leaderboard(url, "micro")
+    rows = board["trials"]
+    assert rows[0]["status"] == "reference"
+    complete = [r for r in rows if r["status"] == "complete"]
+    assert len(complete) >= 2 and any(r["taper"] == "ffn:cosine:1.5:0.5" for r in complete)
+    for r in complete:
+        assert r["seeds"] == 2 and r["params_delta"] == 0 and r["ci95"][0] <= r["delta_bpb"] <= r["ci95"][1]
+        assert r["backend"] == search.backend
+    assert set(rows[0]) == set(complete[0]) and board["verdict"]["text"]
+
+
+def test_same_taper_same_numbers_on_both_backends(corpus, ray_instance, tmp_path):
+    """The paper's default trial is trained identically by both backends (paired, seeded)."""
+    from autotaper.search.ray_backend import run_ray_search
+
+    space = micro(corpus, search={"n_trials": 2})
+    a = run_search(space, quiet=True, storage=f"sqlite:///{tmp_path}/a.db").storage
+    b = run_ray_search(space, quiet=True, storage=f"sqlite:///{tmp_path}/b.db").storage
+    pick = lambda url: next(r for r in leaderboard(url, "micro")["trials"] if r["taper"] == "ffn:cosine:1.5:0.5")  # noqa: E731
+    assert pick(a)["delta_bpb"] == pytest.approx(pick(b)["delta_bpb"], abs=1e-6)
+
+
+def test_resume_keeps_finished_trials(search, corpus):
+    space = micro(corpus)
+    url = search(space, n_trials=3)
+    first = {t.number: t.value for t in optuna.load_study(study_name="micro", storage=url).trials
+             if t.state == optuna.trial.TrialState.COMPLETE}
+    url = search(space, n_trials=5)
+    study = optuna.load_study(study_name="micro", storage=url)
+    for number, value in first.items():
+        assert study.trials[number].value == value
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 5
+
+
+def test_failed_and_infeasible_trials(search, corpus):
+    space = micro(corpus, search={"sampler": "random", "n_trials": 7},
+                  taper={"ffn": {"curve": "cosine", "strength": 0.5, "multiple": [16, 256]}},
+                  train={"lr": [3e-3, 500.0]})
+    url = search(space)
+    rows = leaderboard(url, "micro")["trials"]
+    statuses = {r["status"] for r in rows}
+    assert {"infeasible", "failed"} <= statuses, statuses
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert all("diverged" in (r["reason"] or "") for r in failed)
+    study = optuna.load_study(study_name="micro", storage=url)
+    for t in study.trials:
+        if t.user_attrs.get("status") == "infeasible":
+            assert t.constraints["budget"] > 0
