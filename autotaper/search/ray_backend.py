@@ -109,6 +109,10 @@ def _study_search_class():
             result = result or self._last.get(trial_id) or {}
             status = _attrs(result).get("status")
             try:
+                # the last result may reach on_trial_complete without on_trial_result first
+                for key, value in _attrs(result).items():
+                    ot.set_user_attr(key, value)
+                ot.set_user_attr("early_stopped", not result.get("final", False))
                 if error:
                     ot.set_user_attr("status", "failed")
                     ot.set_user_attr("reason", _error_reason(self._paths.get(trial_id)))
@@ -223,7 +227,13 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
     started = time.time()
     study, url = open_study(space, storage=storage, study_name=study_name)
     data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
+    root = Path(tune_storage or "runs/ray").resolve()  # before connecting: a job's cwd may go away
     ours = _connect(address)
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # seen in `ray job submit` drivers: the unpacked working dir went away
+        root.mkdir(parents=True, exist_ok=True)
+        os.chdir(root)
     try:
         baselines = _baselines_on_cluster(study, space, data, cpus_per_trial, gpus_per_trial)
         add_references(study, space, baselines, metric_key(data))
@@ -239,14 +249,13 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
         if multi or space.settings.pruner == "none":
             scheduler = FIFOScheduler()
         elif space.settings.pruner == "hyperband":
-            scheduler = HyperBandScheduler(time_attr="step", max_t=p.steps * p.seeds, metric=METRIC, mode="min")
+            scheduler = HyperBandScheduler(time_attr="step", max_t=p.steps * p.seeds)
         else:  # median and wilcoxon map to ASHA, Tune's asynchronous early stopping
-            scheduler = ASHAScheduler(time_attr="step", max_t=p.steps * p.seeds, metric=METRIC, mode="min",
+            scheduler = ASHAScheduler(time_attr="step", max_t=p.steps * p.seeds,
                                       grace_period=max(p.eval_interval(), p.steps // 2), reduction_factor=3)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, space=space, baselines=baselines, cpus=cpus_per_trial),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        root = Path(tune_storage or "runs/ray").resolve()
         say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
         # An interrupted experiment is restored first (its unfinished trials resume in the same
         # study trials); trials still missing after that run in a new experiment.
