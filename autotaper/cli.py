@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 EXIT_USAGE = 2
@@ -145,11 +146,12 @@ def cmd_train(args) -> int:
 
         from autotaper.train.ray_train import train_on_ray
 
-        summary = train_on_ray(spec, config, out_dir=out, data=args.data, tokenizer=args.tokenizer,
-                               vocab_size=args.vocab_size, num_workers=args.ray_workers, use_gpu=args.use_gpu,
-                               address=args.address)
-        result = SimpleNamespace(**{"reason": None, "val_bpb": None, "val_loss": None, "tokens_per_s": 0.0,
-                                    "precision": "?", **summary})
+        train_on_ray(spec, config, out_dir=out, data=args.data, tokenizer=args.tokenizer,
+                     vocab_size=args.vocab_size, num_workers=args.ray_workers, use_gpu=args.use_gpu,
+                     address=args.address)
+        # rank 0 wrote the run directory, summary included, exactly as a local run does
+        summary = {k: v for k, v in json.loads((Path(out) / "summary.json").read_text()).items() if k != "history"}
+        result = SimpleNamespace(**summary)
     else:
         result = train(spec, data, config, out_dir=out, quiet=args.quiet)
         summary = {k: v for k, v in result.to_dict().items() if k != "history"}
@@ -317,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--cpus-per-trial", type=_positive(float), default=1.0)
     ray.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share one GPU")
     ray.add_argument("--max-concurrent", type=_positive(int), help="trials at once (default: as resources allow)")
-    ray.add_argument("--tune-storage", help="where Ray Tune keeps its own state (default runs/ray)")
+    ray.add_argument("--tune-storage", help="where Ray Tune keeps its own state (default ~/ray_results/autotaper)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print the leaderboard as one JSON object")
     p.set_defaults(func=cmd_search)

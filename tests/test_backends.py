@@ -39,7 +39,7 @@ def search(request):
         from autotaper.search.ray_backend import run_ray_search
 
         def run(space, **kw):
-            return run_ray_search(space, quiet=True, cpus_per_trial=1, **kw).storage
+            return run_ray_search(space, quiet=True, cpus_per_trial=1, tune_storage="tune", **kw).storage
     else:
         def run(space, **kw):
             return run_search(space, quiet=True, **kw).storage
@@ -76,7 +76,7 @@ def test_same_taper_same_numbers_on_both_backends(corpus, ray_instance, tmp_path
 
     space = micro(corpus, search={"n_trials": 2})
     a = run_search(space, quiet=True, storage=f"sqlite:///{tmp_path}/a.db").storage
-    b = run_ray_search(space, quiet=True, storage=f"sqlite:///{tmp_path}/b.db").storage
+    b = run_ray_search(space, quiet=True, storage=f"sqlite:///{tmp_path}/b.db", tune_storage=str(tmp_path)).storage
     pick = lambda url: next(r for r in leaderboard(url, "micro")["trials"] if r["taper"] == "ffn:cosine:1.5:0.5")  # noqa: E731
     assert pick(a)["delta_bpb"] == pytest.approx(pick(b)["delta_bpb"], abs=1e-6)
 

@@ -86,7 +86,8 @@ def test_job_submit_runs_trials_on_both_nodes(cluster, tmp_path):
 
 def _driver(space: Path, url: str, address: str, env=None):
     return subprocess.Popen([sys.executable, "-m", "autotaper", "search", "--backend", "ray", "--address", address,
-                             "--space", str(space), "--storage", url, "--quiet"],
+                             "--space", str(space), "--storage", url, "--quiet",
+                             "--tune-storage", str(space.parent / "tune")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 

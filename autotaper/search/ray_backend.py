@@ -14,7 +14,7 @@ with trials spread over every CPU, GPU and node of a Ray cluster.
   (3) Ray 2.60 turns token auth on for new local clusters: a local instance is started by
   `ray.init` in this process, which owns the token; attach to other clusters with
   `--address` (and RAY_AUTH_TOKEN where the cluster uses auth).
-- Resume: the Tune experiment lives under `tune_storage/STUDY`; running again restores it
+- Resume: the Tune experiment lives under `tune_storage` (default ~/ray_results/autotaper); running again restores it
   (`Tuner.restore`, unfinished and errored trials resumed) and the study keeps its trials.
 - Faults: a trial whose worker process dies is retried (`FailureConfig(max_failures=2)`);
   one that keeps failing ends FAIL in the study with Tune's error as the reason.
@@ -227,13 +227,18 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
     started = time.time()
     study, url = open_study(space, storage=storage, study_name=study_name)
     data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
-    root = Path(tune_storage or "runs/ray").resolve()  # before connecting: a job's cwd may go away
-    ours = _connect(address)
+    # Ray's own default place, outside any job working directory (which Ray may clean up
+    # while a `ray job submit` driver still runs).
+    root = Path(tune_storage).resolve() if tune_storage else Path.home() / "ray_results" / "autotaper"
+    # Run from Tune's own folder: under `ray job submit` the unpacked working directory can
+    # disappear while the driver runs, and Tune resolves paths against the cwd.
     try:
-        os.getcwd()
-    except FileNotFoundError:  # seen in `ray job submit` drivers: the unpacked working dir went away
-        root.mkdir(parents=True, exist_ok=True)
-        os.chdir(root)
+        previous = os.getcwd()
+    except FileNotFoundError:
+        previous = None
+    root.mkdir(parents=True, exist_ok=True)
+    os.chdir(root)
+    ours = _connect(address)
     try:
         baselines = _baselines_on_cluster(study, space, data, cpus_per_trial, gpus_per_trial)
         add_references(study, space, baselines, metric_key(data))
@@ -279,6 +284,8 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
     finally:
         if ours:
             ray.shutdown()
+        if previous is not None and os.path.isdir(previous):
+            os.chdir(previous)
     return SearchSummary(study.study_name, url, len(study.get_trials(deepcopy=False)), time.time() - started)
 
 

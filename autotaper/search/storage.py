@@ -44,7 +44,9 @@ def open_storage(url: str):
     if url.endswith((".db", ".sqlite", ".sqlite3")) and "://" not in url:
         url = f"sqlite:///{url}"
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{path.resolve()}"  # absolute: the engine connects lazily, maybe from elsewhere
     elif url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
         if url.startswith("postgres://"):
             url = "postgresql://" + url[len("postgres://"):]
