@@ -122,3 +122,12 @@ def test_batches_depend_on_seed_and_step_only():
     assert np.all(np.diff(a, axis=1) == 1)  # contiguous windows
     w = val_windows(tokens, n=5, context_length=16)
     assert w[0, 0] == 0 and w[-1, -1] == 9999
+
+
+def test_unchanged_files_reopen_the_cache_and_changed_files_rebuild_it(corpus, tmp_path):
+    first = load_data(str(corpus), cache_dir=tmp_path)
+    again = load_data(str(corpus), cache_dir=tmp_path)  # the stamp path: no re-hashing
+    assert again.manifest == first.manifest and len(list((tmp_path / "stamps").iterdir())) == 1
+    (corpus / "doc03.py").write_text((corpus / "doc03.py").read_text() + "# one more line\n")
+    changed = load_data(str(corpus), cache_dir=tmp_path)
+    assert changed.manifest["content_sha256"] != first.manifest["content_sha256"]

@@ -24,12 +24,23 @@ def is_val(name: str, val_percent: int = VAL_PERCENT) -> bool:
     return h % 100 < val_percent
 
 
+SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+
+
+def stdlib_files() -> tuple[Path, list[Path]]:
+    """The standard library's .py files, installed packages left out (pruned, not walked)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        files += [Path(folder) / n for n in names if n.endswith(".py")]
+    return root, sorted(files)
+
+
 def stdlib_documents() -> Iterator[tuple[str, bytes]]:
     """The running interpreter's standard-library .py sources (about 30 MB on CPython 3.11):
     real text that nobody here wrote and that every Python installation has."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py")
-                   if not ({"site-packages", "dist-packages", "__pycache__"} & set(p.relative_to(root).parts)))
+    root, files = stdlib_files()
     for path in files:
         yield path.relative_to(root).as_posix(), path.read_bytes()
 

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from autotaper.data.corpus import (file_documents, hf_documents, is_val, resolve_text_files,
-                                   stdlib_documents)
+                                   stdlib_documents, stdlib_files)
 from autotaper.data.tokenizer import BPETokenizer, ByteTokenizer
 
 DEFAULT_BPE_VOCAB = 4096
@@ -86,6 +86,15 @@ def load_data(source: str | None = None, *, tokenizer: str = "bytes", vocab_size
         return _load_token_file(Path(source))
     if source is not None and Path(source).is_dir() and (Path(source) / "train.bin").exists():
         return _load_token_dir(Path(source))
+    vocab = vocab_size or (256 if tokenizer == "bytes" else DEFAULT_BPE_VOCAB)
+    suffix = f"{tokenizer}{'' if tokenizer == 'bytes' else vocab}"
+    # Fast path: files unchanged since the cache was built (same names, sizes and mtimes)
+    # open the cache without reading and hashing every byte again.
+    stamp_file = _stamp_file(root, source, suffix)
+    if stamp_file is not None and stamp_file.exists():
+        target = root / "corpus" / stamp_file.read_text().strip()
+        if (target / "manifest.json").exists():
+            return _open(target)
     if source is None:
         name, docs = "stdlib", list(stdlib_documents())
     elif str(source).startswith("hf:"):
@@ -98,12 +107,33 @@ def load_data(source: str | None = None, *, tokenizer: str = "bytes", vocab_size
     for doc_name, data in docs:
         sha.update(doc_name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
     content = sha.hexdigest()
-    vocab = vocab_size or (256 if tokenizer == "bytes" else DEFAULT_BPE_VOCAB)
-    key = f"{content[:16]}-{tokenizer}{'' if tokenizer == 'bytes' else vocab}"
+    key = f"{content[:16]}-{suffix}"
     target = root / "corpus" / key
     if not (target / "manifest.json").exists():
         _build(target, name, docs, content, tokenizer, vocab)
+    if stamp_file is not None:
+        from autotaper.train.checkpoint import atomic_write_text
+
+        atomic_write_text(stamp_file, key)
     return _open(target)
+
+
+def _stamp_file(root: Path, source: str | None, suffix: str) -> Path | None:
+    """A cheap fingerprint of a file-based source: paths, sizes and modification times."""
+    if source is not None and str(source).startswith("hf:"):
+        return None
+    try:
+        if source is None:
+            _, paths = stdlib_files()
+        else:
+            paths = resolve_text_files(str(source))
+    except ValueError:
+        return None  # the slow path reports the problem
+    h = hashlib.sha256(f"{source}|{suffix}".encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return root / "stamps" / h.hexdigest()[:32]
 
 
 def _split(docs) -> tuple[list[bytes], list[bytes]]:

@@ -101,11 +101,14 @@ def _study_search_class():
                 super().on_trial_result(trial_id, result)  # the intermediate value, for TPE
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            import warnings
+
             import optuna
 
             ot = self._ot_trials.get(trial_id)
             if ot is None or trial_id in self._completed_trials:
                 return
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")  # tell() outside optimize()
             result = result or self._last.get(trial_id) or {}
             status = _attrs(result).get("status")
             try:
