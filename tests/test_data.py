@@ -125,9 +125,10 @@ def test_batches_depend_on_seed_and_step_only():
 
 
 def test_unchanged_files_reopen_the_cache_and_changed_files_rebuild_it(corpus, tmp_path):
-    first = load_data(str(corpus), cache_dir=tmp_path)
-    again = load_data(str(corpus), cache_dir=tmp_path)  # the stamp path: no re-hashing
-    assert again.manifest == first.manifest and len(list((tmp_path / "stamps").iterdir())) == 1
+    cache = tmp_path / "cache"
+    first = load_data(str(corpus), cache_dir=cache)
+    again = load_data(str(corpus), cache_dir=cache)  # the stamp path: no re-hashing
+    assert again.manifest == first.manifest and len(list((cache / "stamps").iterdir())) == 1
     (corpus / "doc03.py").write_text((corpus / "doc03.py").read_text() + "# one more line\n")
-    changed = load_data(str(corpus), cache_dir=tmp_path)
+    changed = load_data(str(corpus), cache_dir=cache)
     assert changed.manifest["content_sha256"] != first.manifest["content_sha256"]
