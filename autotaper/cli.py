@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 EXIT_USAGE = 2
 
@@ -269,9 +269,6 @@ def cmd_presets(args) -> int:
 
 
 # -- wiring -----------------------------------------------------------------------------
-COMMANDS: dict[str, Callable] = {}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autotaper", description="Search how a transformer should spread its "
                      "parameters across depth, at a fixed parameter and FLOP budget.")
@@ -316,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_positive(int), help="override the proxy's paired seeds")
     ray = p.add_argument_group("ray backend")
     ray.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start one)")
-    ray.add_argument("--cpus-per-trial", type=_positive(float), default=1.0)
-    ray.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share one GPU")
+    ray.add_argument("--cpus-per-trial", type=_positive(float), help="default: the space's search.cpus_per_trial (1)")
+    ray.add_argument("--gpus-per-trial", type=float, help="fractions share one GPU (default: the space's, 0)")
     ray.add_argument("--max-concurrent", type=_positive(int), help="trials at once (default: as resources allow)")
     ray.add_argument("--tune-storage", help="where Ray Tune keeps its own state (default ~/ray_results/autotaper)")
     p.add_argument("--quiet", action="store_true")
@@ -334,8 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the model presets")
     p.set_defaults(func=cmd_presets)
-    for extend in _EXTENSIONS:
-        extend(sub)
     return parser
 
 
@@ -343,10 +338,6 @@ def _version() -> str:
     from autotaper import __version__
 
     return f"autotaper {__version__}"
-
-
-# Later subcommands (train, search, results) register here: callables taking the subparsers.
-_EXTENSIONS: list[Callable] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -215,14 +215,20 @@ def _connect(address: str | None) -> bool:
 
 def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: str | None = None,
                    n_trials: int | None = None, timeout: float | None = None, address: str | None = None,
-                   cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
-                   tune_storage: str | None = None, quiet: bool = False) -> SearchSummary:
+                   cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
+                   max_concurrent: int | None = None, tune_storage: str | None = None,
+                   quiet: bool = False) -> SearchSummary:
+    """Run (or resume) a search through Ray Tune; resources default to the space's `search`
+    section (cpus_per_trial, gpus_per_trial, max_concurrent)."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 
     from autotaper.data import load_data
 
+    cpus_per_trial = space.settings.cpus_per_trial if cpus_per_trial is None else cpus_per_trial
+    gpus_per_trial = space.settings.gpus_per_trial if gpus_per_trial is None else gpus_per_trial
+    max_concurrent = space.settings.max_concurrent if max_concurrent is None else max_concurrent
     if gpus_per_trial < 0 or cpus_per_trial <= 0:
         raise ValueError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
                          f"{cpus_per_trial} and {gpus_per_trial}")

@@ -108,6 +108,9 @@ class Settings:
     n_trials: int = 12
     objectives: tuple[str, ...] = ("bpb",)
     seed: int = 0
+    cpus_per_trial: float = 1.0  # Ray backend: resources per trial (fractions of a GPU share it)
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
 
     def problems(self) -> list[str]:
         out = []
@@ -120,6 +123,12 @@ class Settings:
         objs = list(self.objectives)
         if not objs or objs[0] != "bpb" or any(o not in OBJECTIVES for o in objs) or len(set(objs)) != len(objs):
             out.append(f"search.objectives: must be [bpb] or [bpb, tokens_per_s], got {objs!r}")
+        if not (isinstance(self.cpus_per_trial, (int, float)) and self.cpus_per_trial > 0):
+            out.append(f"search.cpus_per_trial: must be > 0, got {self.cpus_per_trial!r}")
+        if not (isinstance(self.gpus_per_trial, (int, float)) and self.gpus_per_trial >= 0):
+            out.append(f"search.gpus_per_trial: must be >= 0, got {self.gpus_per_trial!r}")
+        if self.max_concurrent is not None and (not isinstance(self.max_concurrent, int) or self.max_concurrent < 1):
+            out.append(f"search.max_concurrent: must be a positive integer, got {self.max_concurrent!r}")
         if len(objs) > 1 and self.sampler in ("gp", "cmaes", "grid"):
             out.append(f"search.sampler: {self.sampler} is single-objective; use tpe or nsga2 with {objs}")
         return out
