@@ -29,8 +29,8 @@ _LAZY = {
     "register_family": "autotaper.families",
     "count": "autotaper.cost",
     "Cost": "autotaper.cost",
-    "solve": "autotaper.solve",
-    "solve_report": "autotaper.solve",
+    "solve": "autotaper.budget",
+    "solve_report": "autotaper.budget",
     "build_model": "autotaper.models",
 }
 

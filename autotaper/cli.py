@@ -49,7 +49,7 @@ def _side(spec, cost) -> dict:
 
 
 def cmd_plan(args) -> int:
-    from autotaper.solve import solve_report
+    from autotaper.budget import solve_report
 
     sol = solve_report(_baseline(args), args.taper, constraint=args.constraint, tolerance=args.tolerance)
     if args.json:
@@ -134,7 +134,7 @@ def _slug(text: str) -> str:
 
 
 def cmd_train(args) -> int:
-    from autotaper.solve import solve
+    from autotaper.budget import solve
     from autotaper.train import train
 
     config = _train_config(args, args.seed)
@@ -167,7 +167,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from autotaper.solve import solve
+    from autotaper.budget import solve
     from autotaper.stats import paired
     from autotaper.train import train
 

@@ -47,7 +47,7 @@ def test_bad_input_exits_2_with_one_line(args, needle):
 
 def test_import_and_help_stay_light():
     code = ("import sys, autotaper, autotaper.cli; autotaper.cli.build_parser(); "
-            "import autotaper.solve, autotaper.cost; "
+            "import autotaper.budget, autotaper.cost; "
             "heavy = [m for m in ('torch', 'ray', 'optuna', 'matplotlib', 'transformers') if m in sys.modules]; "
             "print(heavy)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -55,8 +55,15 @@ def test_import_and_help_stay_light():
     assert run_cli("--help").returncode == 0
 
 
-def test_public_api():
+def test_public_api_survives_submodule_imports():
+    """A submodule named like an API function would replace it on the package once imported."""
+    import importlib
+    import inspect
+
     import autotaper
 
-    for name in ("Taper", "ModelSpec", "solve", "count", "build_model"):
-        assert hasattr(autotaper, name)
+    for sub in ("taper", "curves", "spec", "families", "cost", "budget", "models", "stats", "search", "cli"):
+        importlib.import_module(f"autotaper.{sub}")
+    for name in ("Taper", "ModelSpec", "solve", "count", "build_model", "solve_report", "register_curve"):
+        assert not inspect.ismodule(getattr(autotaper, name)), name
+    assert callable(autotaper.solve)

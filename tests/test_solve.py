@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autotaper.cost import count
-from autotaper.solve import solve, solve_report
+from autotaper.budget import solve, solve_report
 from autotaper.spec import ModelSpec
 from autotaper.taper import Taper
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from autotaper.cost import count
 from autotaper.search.space import BaseSpace
-from autotaper.solve import solve_report
+from autotaper.budget import solve_report
 from autotaper.spec import ModelSpec
 from autotaper.stats import paired
 

@@ -62,7 +62,7 @@ class Proxy:
 
     def problems(self) -> list[str]:
         from autotaper.families import family_names
-        from autotaper.solve import CONSTRAINTS
+        from autotaper.budget import CONSTRAINTS
         from autotaper.spec import PRESETS
         from autotaper.train.config import PRECISIONS, SCHEDULES
 
