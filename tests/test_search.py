@@ -250,3 +250,16 @@ def test_paired_statistics_against_hand_computed_values():
     assert paired([-0.01, -0.012, -0.011, -0.0105]).significant
     one = paired([0.3])
     assert one.ci95 is None and one.se is None
+
+
+def test_verdict_picks_a_taper_whose_interval_excludes_zero():
+    from autotaper.search.results import verdict
+
+    row = lambda n, d, ci: {"trial": n, "taper": f"t{n}", "delta_bpb": d, "ci95": ci, "seeds": 3,  # noqa: E731
+                            "status": "complete", "early_stopped": False}
+    rows = [row(1, -0.11, [-0.25, 0.02]), row(2, -0.085, [-0.156, -0.015]), row(3, 0.01, [-0.02, 0.04])]
+    v = verdict(rows)
+    assert v["beats_uniform"] and v["best"] == 2 and "t1" in v["text"]
+    v = verdict([rows[0], rows[2]])
+    assert not v["beats_uniform"] and v["best"] == 1 and "no taper beats uniform" in v["text"]
+    assert verdict([])["best"] is None

@@ -74,7 +74,10 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     done = [r for r in rows if r["status"] == "complete" and r["delta_bpb"] is not None and not r["early_stopped"]]
     if not done:
         return {"best": None, "beats_uniform": False, "text": "no complete trial yet"}
-    best = min(done, key=lambda r: r["delta_bpb"])
+    # A taper beats uniform when its whole 95% interval lies below zero; among those the
+    # lowest mean is the answer. Otherwise report the lowest mean and its interval.
+    beating = [r for r in done if r["ci95"] is not None and r["ci95"][1] < 0]
+    best = min(beating or done, key=lambda r: r["delta_bpb"])
     ci = best["ci95"]
     if ci is None:
         text = (f"best {best['taper']} at {best['delta_bpb']:+.4f} bpb from one seed: no interval, "
@@ -90,6 +93,9 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         beats = False
     if len(done) > 1:
         text += f" (best of {len(done)}: confirm on fresh seeds with `autotaper compare`)"
+    lowest = min(done, key=lambda r: r["delta_bpb"])
+    if beating and lowest is not best:
+        text += f"; the lowest mean, {lowest['taper']} at {lowest['delta_bpb']:+.4f}, has an interval reaching 0"
     return {"best": best["trial"], "taper": best["taper"], "beats_uniform": beats, "text": text}
 
 
