@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from autotaper.search import leaderboard, parse_space, run_search
-from tests.helpers import write_corpus
+from tests.helpers import micro_space, write_corpus
 
 BACKENDS = ["optuna", "ray"]
 
@@ -48,13 +48,7 @@ def search(request):
 
 
 def micro(corpus, **changes):
-    data = {"name": "micro", "proxy": {"preset": "tiny", "steps": 10, "batch_size": 8, "seeds": 2,
-                                       "precision": "fp32", "data": corpus, "eval_every": 5},
-            "search": {"sampler": "tpe", "pruner": "none", "n_trials": 4},
-            "taper": {"ffn": {"curve": ["linear", "cosine"], "strength": {"low": -0.5, "high": 0.75}}}}
-    for k, v in changes.items():
-        data[k] = {**data[k], **v} if k in data else v
-    return parse_space(data)
+    return parse_space(micro_space(corpus, **changes))
 
 
 def test_rows_have_the_same_shape(search, corpus):

@@ -13,7 +13,7 @@ import yaml
 
 from autotaper.search import FunctionSpace, Proxy, Settings, leaderboard, load_space, parse_space, run_search
 from autotaper.stats import paired
-from tests.helpers import write_corpus
+from tests.helpers import micro_space, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,13 +24,7 @@ def corpus(tmp_path_factory):
 
 
 def tiny_space(corpus, **changes):
-    data = {"name": "tiny", "proxy": {"preset": "tiny", "steps": 10, "batch_size": 8, "seeds": 2,
-                                      "precision": "fp32", "data": corpus, "eval_every": 5},
-            "search": {"sampler": "tpe", "pruner": "none", "n_trials": 4},
-            "taper": {"ffn": {"curve": ["linear", "cosine"], "strength": {"low": -0.5, "high": 0.75}}}}
-    for section, value in changes.items():
-        data[section] = {**data.get(section, {}), **value} if isinstance(value, dict) else value
-    return data
+    return micro_space(corpus, name="tiny", **changes)
 
 
 def write_space(path: Path, data: dict) -> Path:

@@ -114,8 +114,8 @@ class SearchSummary:
     elapsed_s: float
 
 
-def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout: float | None, threads: int,
-            quiet: bool = True) -> None:
+def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout: float | None,
+            threads: int) -> None:
     """One worker process: load the study, run trials until the study holds n_trials."""
     import optuna
     import torch
