@@ -17,7 +17,6 @@ import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import optuna
 

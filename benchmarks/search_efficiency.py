@@ -20,7 +20,7 @@ from pathlib import Path
 
 import optuna
 
-from autotaper.search import leaderboard, load_space, parse_space, run_search
+from autotaper.search import leaderboard, load_space, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 

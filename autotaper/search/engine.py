@@ -59,8 +59,7 @@ def make_pruner(space: BaseSpace):
     return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
 
 
-def open_study(space: BaseSpace, *, storage: str | None, study_name: str | None, workers: int = 1,
-               create: bool = True):
+def open_study(space: BaseSpace, *, storage: str | None, study_name: str | None, workers: int = 1):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
