@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from autotaper.search import FunctionSpace, Proxy, Settings, leaderboard, load_space, parse_space, run_search
+from autotaper.search.storage import open_storage
 from autotaper.stats import paired
 from tests.helpers import micro_space, write_corpus
 
@@ -105,9 +106,9 @@ def test_resume_keeps_completed_trials_and_fails_the_killed_one(corpus, tmp_path
         time.sleep(0.5)
         if not Path("runs/search/tiny/study.db").exists():
             continue
-        try:
-            study = optuna.load_study(study_name="tiny", storage=storage)
-        except KeyError:
+        try:  # open_storage retries the race with the search creating its tables
+            study = optuna.load_study(study_name="tiny", storage=open_storage(storage))
+        except KeyError:  # tables exist, the study not yet
             continue
         states = [t.state for t in study.trials]
         if states.count(optuna.trial.TrialState.COMPLETE) >= 2 and optuna.trial.TrialState.RUNNING in states:
@@ -128,9 +129,29 @@ def test_resume_keeps_completed_trials_and_fails_the_killed_one(corpus, tmp_path
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 6
 
 
-def _check_shared_study(storage: str, study_name: str, n_trials: int):
-    from autotaper.search.storage import open_storage
+def _open_after_barrier(url, barrier):
+    barrier.wait()
+    try:
+        open_storage(url)
+        return "ok"
+    except ValueError as e:
+        return str(e)
 
+
+def test_processes_opening_one_fresh_sqlite_storage_at_once_all_succeed(tmp_path):
+    """Workers, or `results` polled during a search, race to create Optuna's tables."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager, ctx.Pool(4) as pool:
+        for attempt in range(3):
+            url = f"sqlite:///{tmp_path / f'race{attempt}.db'}"
+            barrier = manager.Barrier(4)
+            outcomes = pool.starmap(_open_after_barrier, [(url, barrier)] * 4)
+            assert outcomes == ["ok"] * 4
+
+
+def _check_shared_study(storage: str, study_name: str, n_trials: int):
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     trials = study.trials
     numbers = [t.number for t in trials]
@@ -172,8 +193,6 @@ def test_two_workers_share_a_postgresql_study(corpus, tmp_path):
             assert p.returncode == 0, err.decode()[-3000:]
         pids = _check_shared_study(url, "pg", 7)
         assert len(pids) == 2
-        from autotaper.search.storage import open_storage
-
         study = optuna.load_study(study_name="pg", storage=open_storage(url))
         assert {"baseline/seed0", "baseline/seed1"} <= set(study.user_attrs)
         rows = leaderboard(url, "pg")["trials"]

@@ -15,6 +15,7 @@ leaves trials running forever.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 DEFAULT_ROOT = Path("runs/search")
 HEARTBEAT_S = 10
 GRACE_S = 60
+_CREATE_RACE = ("already exists", "UniqueViolation", "duplicate key", "UNIQUE constraint failed", "database is locked")
 
 
 def default_location(study: str, *, workers: int = 1, root: Path = DEFAULT_ROOT) -> str:
@@ -57,18 +59,19 @@ def open_storage(url: str):
         raise ValueError(f"storage: unsupported URL {url!r} (use sqlite:///, journal:, or postgresql://)")
     import warnings
 
-    # Workers that start together on a fresh database race to create Optuna's tables; the
-    # loser gets a unique-violation error and succeeds on a second try.
-    for attempt in range(4):
+    # Workers (or a reader) that start together on a fresh database race to create Optuna's
+    # tables; the loser gets "already exists", a unique violation or SQLite's lock error, and
+    # succeeds on a later try.
+    for attempt in range(8):
         try:
             with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
         except Exception as e:  # sqlalchemy raises many kinds; the user needs one line
             error = e
-            if "already exists" not in str(e) and "UniqueViolation" not in str(e) and "duplicate key" not in str(e):
+            if not any(m in str(e) for m in _CREATE_RACE):
                 break
-            time.sleep(0.5 * (attempt + 1))
+            time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
     raise ValueError(f"storage: cannot open {url!r}: {str(error).splitlines()[0]}") from None
 
 
