@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -101,14 +102,11 @@ def _study_search_class():
                 super().on_trial_result(trial_id, result)  # the intermediate value, for TPE
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            import warnings
-
             import optuna
 
             ot = self._ot_trials.get(trial_id)
             if ot is None or trial_id in self._completed_trials:
                 return
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")  # tell() outside optimize()
             result = result or self._last.get(trial_id) or {}
             status = _attrs(result).get("status")
             try:
@@ -222,7 +220,6 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
     section (cpus_per_trial, gpus_per_trial, max_concurrent)."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 
     from autotaper.data import load_data
 
@@ -248,54 +245,66 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
     root.mkdir(parents=True, exist_ok=True)
     os.chdir(root)
     ours = _connect(address)
+    # Tune asks Optuna for trials outside Study.optimize, so RDB storages warn that their
+    # heartbeat is unused; Tune watches its own workers, and a trial without heartbeats is
+    # never failed as stale, so the warning says nothing the user can act on.
     try:
-        baselines = _baselines_on_cluster(study, space, data, cpus_per_trial, gpus_per_trial)
-        add_references(study, space, baselines, metric_key(data))
-        objective = TaperObjective(space, data, baselines)
-        multi = space.settings.multi_objective
-        metric = [METRIC, "tokens_per_s"] if multi else METRIC
-        mode = ["min", "max"] if multi else "min"
-        paths: dict[str, str] = {}
-        searcher = _study_search_class()(space=_Define(space, baselines, objective), metric=metric, mode=mode,
-                                         sampler=study.sampler, study_name=study.study_name,
-                                         storage=study._storage, paths=paths)
-        p = space.proxy
-        if multi or space.settings.pruner == "none":
-            scheduler = FIFOScheduler()
-        elif space.settings.pruner == "hyperband":
-            scheduler = HyperBandScheduler(time_attr="step", max_t=p.steps * p.seeds)
-        else:  # median and wilcoxon map to ASHA, Tune's asynchronous early stopping
-            scheduler = ASHAScheduler(time_attr="step", max_t=p.steps * p.seeds,
-                                      grace_period=max(p.eval_interval(), p.steps // 2), reduction_factor=3)
-        trainable = tune.with_resources(
-            tune.with_parameters(_trainable, space=space, baselines=baselines, cpus=cpus_per_trial),
-            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
-        # An interrupted experiment is restored first (its unfinished trials resume in the same
-        # study trials); trials still missing after that run in a new experiment.
-        last = study.user_attrs.get("ray/experiment")
-        if last and tune.Tuner.can_restore(last):
-            say(f"restoring the Ray Tune experiment in {last}")
-            tune.Tuner.restore(last, trainable=trainable, resume_errored=True).fit()
-        remaining = max(0, n_trials - finished(study))
-        if remaining:
-            name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            study.set_user_attr("ray/experiment", str(root / name))
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                            max_concurrent_trials=max_concurrent, time_budget_s=timeout,
-                                            **({} if multi else {"metric": METRIC, "mode": "min"})),
-                run_config=tune.RunConfig(name=name, storage_path=str(root),
-                                          failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-                                          callbacks=[_paths_callback(paths)], verbose=0 if quiet else 1))
-            tuner.fit()  # the leaderboard reads the study, not the ResultGrid (constraints, early stops)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            baselines = _baselines_on_cluster(study, space, data, cpus_per_trial, gpus_per_trial)
+            add_references(study, space, baselines, metric_key(data))
+            objective = TaperObjective(space, data, baselines)
+            multi = space.settings.multi_objective
+            metric = [METRIC, "tokens_per_s"] if multi else METRIC
+            mode = ["min", "max"] if multi else "min"
+            paths: dict[str, str] = {}
+            searcher = _study_search_class()(space=_Define(space, baselines, objective), metric=metric, mode=mode,
+                                             sampler=study.sampler, study_name=study.study_name,
+                                             storage=study._storage, paths=paths)
+            scheduler = _scheduler(space)
+            trainable = tune.with_resources(
+                tune.with_parameters(_trainable, space=space, baselines=baselines, cpus=cpus_per_trial),
+                {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+            say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
+            # An interrupted experiment is restored first (its unfinished trials resume in the same
+            # study trials); trials still missing after that run in a new experiment.
+            last = study.user_attrs.get("ray/experiment")
+            if last and tune.Tuner.can_restore(last):
+                say(f"restoring the Ray Tune experiment in {last}")
+                tune.Tuner.restore(last, trainable=trainable, resume_errored=True).fit()
+            remaining = max(0, n_trials - finished(study))
+            if remaining:
+                name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+                study.set_user_attr("ray/experiment", str(root / name))
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+                                                max_concurrent_trials=max_concurrent, time_budget_s=timeout,
+                                                **({} if multi else {"metric": METRIC, "mode": "min"})),
+                    run_config=tune.RunConfig(name=name, storage_path=str(root),
+                                              failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+                                              callbacks=[_paths_callback(paths)], verbose=0 if quiet else 1))
+                tuner.fit()  # the leaderboard reads the study, not the ResultGrid (constraints, early stops)
     finally:
         if ours:
             ray.shutdown()
         if previous is not None and os.path.isdir(previous):
             os.chdir(previous)
     return SearchSummary(study.study_name, url, len(study.get_trials(deepcopy=False)), time.time() - started)
+
+
+def _scheduler(space: BaseSpace):
+    """The Tune scheduler standing in for the space's Optuna pruner."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    p = space.proxy
+    if space.settings.multi_objective or space.settings.pruner == "none":
+        return FIFOScheduler()
+    if space.settings.pruner == "hyperband":
+        return HyperBandScheduler(time_attr="step", max_t=p.steps * p.seeds)
+    # median and wilcoxon map to ASHA, Tune's asynchronous early stopping
+    return ASHAScheduler(time_attr="step", max_t=p.steps * p.seeds,
+                         grace_period=max(p.eval_interval(), p.steps // 2), reduction_factor=3)
 
 
 def _baselines_on_cluster(study, space: BaseSpace, data, cpus: float, gpus: float) -> dict[int, dict]:
