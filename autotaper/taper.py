@@ -34,12 +34,12 @@ DIMS = ("ffn", "heads", "embed")
 
 
 def format_number(value: float) -> str:
-    """Shortest text that parses back to exactly `value` (1.5 -> '1.5', 2.0 -> '2')."""
-    for digits in range(1, 18):
-        text = f"{value:.{digits}g}"
-        if float(text) == value:
-            return text
-    return repr(value)
+    """Shortest text that parses back to exactly `value` (1.5 -> '1.5', 30.0 -> '30', 1e16 ->
+    '1e16'). Never contains '+', which joins dimensions in the text form."""
+    text = repr(float(value))  # Python's repr is the shortest round-trip form
+    if text.endswith(".0"):
+        text = text[:-2]
+    return text.replace("e+", "e")
 
 
 def _parse_number(text: str, where: str) -> float:

@@ -6,6 +6,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("ci", max_examples=60, deadline=None,
+# CI replays the same examples every run (derandomize), so a run's verdict depends on the
+# code alone; `HYPOTHESIS_PROFILE=thorough` explores fresh random examples, many more of them.
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=3000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

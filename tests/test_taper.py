@@ -1,11 +1,11 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from autotaper.curves import Curve, depth_grid, register_curve
-from autotaper.taper import DimTaper, Taper, discretise
+from autotaper.taper import DimTaper, Taper, discretise, format_number
 
 ratio = st.floats(min_value=0.05, max_value=4.0, allow_nan=False).map(lambda v: round(v, 4))
 
@@ -36,9 +36,17 @@ def tapers(draw):
 
 
 @given(tapers())
+@example(Taper((DimTaper("heads", "sigmoid", 1.0, 1.0, options=(("k", 30.0),)),)))  # once printed k=3e+01
 def test_text_form_round_trips(taper):
     assert Taper.parse(str(taper)) == taper
     assert str(Taper.parse(str(taper))) == str(taper)
+
+
+@pytest.mark.parametrize("value", [10.0, 20.0, 30.0, 100.0, 1e16, 1e-5, 0.1, 1 / 3, -0.5, 123456789.0])
+def test_numbers_print_shortest_and_never_with_a_plus(value):
+    text = format_number(value)
+    assert float(text) == value and "+" not in text  # '+' joins dimensions in the text form
+    assert len(text) <= len(repr(value))
 
 
 def test_text_form_examples():
