@@ -37,8 +37,12 @@ def test_golden_losses(data, tmp_path):
     """Expected per-step losses of tiny/uniform, seed 0, fp32 (stored once; regenerate with
     `python tests/golden/make_golden.py` only for an intended change of the numerics)."""
     train(ModelSpec.from_name("tiny"), data, cfg(), out_dir=tmp_path, quiet=True)
+    got = losses(tmp_path)
+    # independent of the stored file: a freshly initialised byte model predicts close to
+    # uniformly (loss ln 256), and twelve steps on a repetitive corpus bring it down
+    assert got[0] == pytest.approx(math.log(256), rel=0.02) and got[-1] < got[0] - 0.5
     expected = json.loads(GOLDEN.read_text())["losses"]
-    assert losses(tmp_path) == pytest.approx(expected, rel=1e-4)
+    assert got == pytest.approx(expected, rel=1e-4)
 
 
 def test_same_seed_is_bitwise_deterministic(data, tmp_path):
