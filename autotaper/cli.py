@@ -168,37 +168,24 @@ def cmd_train(args) -> int:
 
 def cmd_compare(args) -> int:
     from autotaper.budget import solve
-    from autotaper.stats import paired
-    from autotaper.train import train
+    from autotaper.paired import PairedEvaluator, describe
+    from autotaper.stats import mde
 
     data, base = _data_and_baseline(args)
-    specs = {"uniform": base, args.taper: solve(base, args.taper, constraint=args.constraint,
-                                                tolerance=args.tolerance)}
-    rows = []
-    for seed in range(args.seeds):
-        row = {"seed": seed}
-        for name, spec in specs.items():
-            out = f"{args.out}/{_slug(spec.taper)}-seed{seed}" if args.out else None
-            r = train(spec, data, _train_config(args, seed), out_dir=out, quiet=args.quiet)
-            if r.status != "complete" or r.val_bpb is None:
-                raise ValueError(f"{name} seed {seed} did not complete: {r.status} {r.reason or ''}")
-            row["uniform" if name == "uniform" else "taper"] = r.val_bpb
-            row.setdefault("fingerprints", []).append(r.data_fingerprint)
-        row["delta"] = row["taper"] - row["uniform"]
-        rows.append(row)
-        print(f"seed {seed}: uniform {row['uniform']:.4f}  taper {row['taper']:.4f}  "
-              f"delta {row['delta']:+.4f} bpb", file=sys.stderr)
-    stats = paired([r["delta"] for r in rows])
-    if stats.ci95:
-        verdict = ("taper better" if stats.ci95[1] < 0 else "uniform better" if stats.ci95[0] > 0
-                   else "no difference beyond seed noise")
-        line = (f"{specs[args.taper].taper} vs uniform: delta bpb {stats.mean:+.4f} "
-                f"(95% CI {stats.ci95[0]:+.4f} .. {stats.ci95[1]:+.4f}, {stats.n} paired seeds): {verdict}")
-    else:
-        line = f"delta bpb {stats.mean:+.4f} from one seed: no interval; use --seeds 3 or more"
-    print(line, file=sys.stderr)
+    spec = solve(base, args.taper, constraint=args.constraint, tolerance=args.tolerance)
+    ev = PairedEvaluator(base, data, lambda seed, o: _train_config(args, seed), quiet=args.quiet, out_dir=args.out)
+
+    def show(name, r):
+        print(f"seed {r.seed}: uniform {r.baseline:.4f}  taper {r.value:.4f}  delta {r.delta:+.4f}", file=sys.stderr)
+
+    comp = ev.compare({args.taper: spec}, range(args.seeds), on_run=show)[args.taper]
+    stats = comp.stats
+    unit = "bpb" if ev.key == "val_bpb" else "loss"
+    floor = mde(stats.sd, stats.n)
+    floor_text = f"; minimum detectable effect at {stats.n} seeds {floor:.4f}" if floor is not None else ""
+    print(f"{spec.taper} vs uniform: {describe(stats, unit=unit)}{floor_text}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"taper": specs[args.taper].taper, "seeds": rows, "paired": stats.to_dict()}))
+        print(json.dumps({"taper": spec.taper, **comp.to_dict(), "mde": floor}))
     return 0
 
 
@@ -206,18 +193,20 @@ def cmd_compare(args) -> int:
 def cmd_search(args) -> int:
     from autotaper.search import load_space, run_search
 
-    overrides = {"preset": args.preset, "family": args.family, "steps": args.steps, "seeds": args.seeds}
-    space = load_space(args.space, overrides=overrides)
+    space = _load_space(args)
+    budget_s = args.budget
     if args.backend == "ray":
         from autotaper.search.ray_backend import run_ray_search
 
         summary = run_ray_search(space, storage=args.storage, study_name=args.study, n_trials=args.n_trials,
                                  timeout=args.timeout, address=args.address, cpus_per_trial=args.cpus_per_trial,
                                  gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-                                 tune_storage=args.tune_storage, quiet=args.quiet)
+                                 tune_storage=args.tune_storage, budget_s=budget_s, confirm=not args.no_confirm,
+                                 quiet=args.quiet)
     else:
         summary = run_search(space, storage=args.storage, study_name=args.study, n_trials=args.n_trials,
-                             timeout=args.timeout, workers=args.workers, quiet=args.quiet)
+                             timeout=args.timeout, workers=args.workers, budget_s=budget_s,
+                             confirm=not args.no_confirm, quiet=args.quiet)
     from autotaper.search.results import leaderboard, to_table
 
     board = leaderboard(summary.storage, summary.study)
@@ -230,12 +219,77 @@ def cmd_search(args) -> int:
     return 0
 
 
+def _load_space(args):
+    from autotaper.search import load_space
+
+    seeds = getattr(args, "seeds", None)
+    overrides = {"preset": getattr(args, "preset", None), "family": getattr(args, "family", None),
+                 "steps": getattr(args, "steps", None)}
+    if seeds is not None:
+        overrides["seeds"] = {"min": seeds[0], "max": seeds[1]}
+    space = load_space(args.space, overrides=overrides)
+    if getattr(args, "sampler_seed", None) is not None:
+        import dataclasses
+
+        space.settings = dataclasses.replace(space.settings, seed=args.sampler_seed)
+    return space
+
+
+def _seeds(text: str) -> tuple[int, int]:
+    """--seeds N (every candidate on N seeds) or MIN:MAX (racing)."""
+    try:
+        lo, _, hi = text.partition(":")
+        pair = (int(lo), int(hi or lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be N or MIN:MAX, got {text!r}") from None
+    if pair[0] < 1 or pair[1] < pair[0]:
+        raise argparse.ArgumentTypeError(f"needs 1 <= MIN <= MAX, got {text!r}")
+    return pair
+
+
+def cmd_calibrate(args) -> int:
+    from autotaper.search.calibrate import calibrate
+
+    space = _load_space(args)
+    cal, study, url = calibrate(space, storage=args.storage, study_name=args.study, lrs=args.lr or (),
+                                refresh=args.refresh, quiet=args.quiet)
+    p = space.proxy
+    in_use = {"search": p.seeds} | ({"racing up to": p.max_seeds} if p.racing else {})
+    if space.settings.confirm.enabled:
+        in_use["confirmation"] = space.settings.confirm.seeds
+    if args.json:
+        out = {**cal.to_dict(), "study": study, "storage": url, "mde": {k: cal.mde(n) for k, n in in_use.items()}}
+        if args.target_mde:
+            out["seeds_for_target_mde"] = cal.seeds_for(args.target_mde)
+        print(json.dumps(out))
+        return 0
+    print(f"study {study} ({url}); proxy {p.preset}, {p.steps} steps x {p.batch_size} sequences, lr {p.lr:g}")
+    print("\n".join(cal.lines(in_use, target_mde=args.target_mde)))
+    print(f"one proxy run: {cal.run_wall_s:.1f} s on this machine")
+    return 0
+
+
+def cmd_confirm(args) -> int:
+    from autotaper.search.confirm import confirm
+    from autotaper.search.results import confirmation_lines
+
+    out = confirm(storage=args.storage, study_name=args.study, top_k=args.top_k, seeds=args.seeds,
+                  quiet=args.quiet)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print("\n".join(confirmation_lines(out)))
+        print(f"\nconfirmed verdict: {out['text']}")
+    return 0
+
+
 def cmd_results(args) -> int:
     from autotaper.search.results import leaderboard, to_csv, to_table
 
     board = leaderboard(args.storage, args.study)
     if args.json:
-        print(json.dumps({"trials": board["trials"], "verdict": board["verdict"], "study": board["study"]}))
+        print(json.dumps({"trials": board["trials"], "verdict": board["verdict"], "study": board["study"],
+                          "noise": board["noise"], "confirmation": board["confirmation"]}))
     elif args.csv:
         sys.stdout.write(to_csv(board["trials"]))
     else:
@@ -253,6 +307,35 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
         return value
     return parse
+
+
+def _duration(text: str) -> float:
+    from autotaper.search.space import parse_duration
+
+    try:
+        return parse_duration(text, "--budget")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be numbers separated by commas, got {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be positive numbers, got {text!r}")
+    return values
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
 
 
 def cmd_presets(args) -> int:
@@ -310,7 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="override the space's proxy preset")
     p.add_argument("--family", help="override the space's proxy family")
     p.add_argument("--steps", type=_positive(int), help="override the proxy's training steps")
-    p.add_argument("--seeds", type=_positive(int), help="override the proxy's paired seeds")
+    p.add_argument("--seeds", type=_seeds, help="override the proxy's paired seeds: N, or MIN:MAX to race")
+    p.add_argument("--budget", type=_duration, help="plan trials to finish in this wall time: 600, 600s, 10m, 1.5h "
+                   "(default: the space's search.budget)")
+    p.add_argument("--no-confirm", action="store_true", help="skip the confirmation on fresh seeds")
+    p.add_argument("--sampler-seed", type=int, help="override the space's search.seed")
     ray = p.add_argument_group("ray backend")
     ray.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start one)")
     ray.add_argument("--cpus-per-trial", type=_positive(float), help="default: the space's search.cpus_per_trial (1)")
@@ -320,6 +407,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print the leaderboard as one JSON object")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("calibrate", help="measure the noise floor of a space's proxy: SDs and minimum "
+                       "detectable effect")
+    p.add_argument("--space", required=True, help="YAML search space")
+    p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")
+    p.add_argument("--study", help="study name (default: the space's name); a search of it reuses the runs")
+    p.add_argument("--preset", help="override the space's proxy preset")
+    p.add_argument("--family", help="override the space's proxy family")
+    p.add_argument("--steps", type=_positive(int), help="override the proxy's training steps")
+    p.add_argument("--seeds", type=_seeds, help="override the proxy's paired seeds: N or MIN:MAX")
+    p.add_argument("--lr", type=_floats, help="also sweep uniform at these learning rates, e.g. 1e-3,2e-3,4e-3")
+    p.add_argument("--target-mde", type=_positive(float), help="print the seeds this MDE needs")
+    p.add_argument("--refresh", action="store_true", help="measure again even if the study holds a calibration")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("confirm", help="retrain a study's best tapers on fresh seeds; Holm-corrected verdict")
+    p.add_argument("--study", required=True)
+    p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")
+    p.add_argument("--top-k", type=_nonnegative_int, default=3, help="tapers to confirm besides the paper default "
+                   "(default 3)")
+    p.add_argument("--seeds", type=_positive(int), default=3, help="fresh paired seeds (default 3, at least 2)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_confirm)
 
     p = sub.add_parser("results", help="the leaderboard of a study, with paired intervals and a verdict")
     p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")

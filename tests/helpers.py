@@ -19,10 +19,11 @@ def write_corpus(root: Path, n_files: int = 8, lines: int = 120) -> Path:
 
 
 def micro_space(corpus: str, name: str = "micro", **changes) -> dict:
-    """A search space on the tiny preset that finishes in seconds; `changes` merge per section."""
+    """A search space on the tiny preset that finishes in seconds; `changes` merge per section.
+    Confirmation is off unless a test turns it on (tests/test_trust.py does)."""
     data = {"name": name, "proxy": {"preset": "tiny", "steps": 10, "batch_size": 8, "seeds": 2,
                                     "precision": "fp32", "data": corpus, "eval_every": 5},
-            "search": {"sampler": "tpe", "pruner": "none", "n_trials": 4},
+            "search": {"sampler": "tpe", "pruner": "none", "n_trials": 4, "confirm": False},
             "taper": {"ffn": {"curve": ["linear", "cosine"], "strength": {"low": -0.5, "high": 0.75}}}}
     for section, value in changes.items():
         data[section] = {**data.get(section, {}), **value} if isinstance(value, dict) else value

@@ -32,6 +32,32 @@ def test_split_is_by_file_and_deterministic(corpus, tmp_path):
     assert a.manifest["train_bytes"] + a.manifest["val_bytes"] == sum(p.stat().st_size for p in corpus.iterdir())
 
 
+def test_validation_grows_to_its_minimum_when_the_hash_rule_leaves_it_small():
+    from autotaper.data.corpus import MAX_VAL_SHARE, MIN_VAL_BYTES, is_val, split_documents
+
+    # 400 documents of 12 KB (4.8 MB): the 2% hash rule alone keeps ~8 (about 100 KB), like a
+    # stripped stdlib; the split must reach MIN_VAL_BYTES and stay under MAX_VAL_SHARE
+    docs = [(f"pkg/mod{i:03d}.py", bytes([97 + i % 26]) * 12_000) for i in range(400)]
+    by_hash = sum(len(d) for n, d in docs if is_val(n))
+    assert by_hash < MIN_VAL_BYTES
+    train, val = split_documents(docs)
+    total = sum(len(d) for _, d in docs)
+    assert MIN_VAL_BYTES <= sum(map(len, val)) <= MAX_VAL_SHARE * total
+    assert sum(map(len, train)) + sum(map(len, val)) == total
+    assert split_documents(list(reversed(docs)))[1] == [d for d in reversed(val)] or \
+        sorted(split_documents(list(reversed(docs)))[1]) == sorted(val)  # order of files never matters
+    # a corpus too small to spare MIN_VAL_BYTES keeps validation within its share, and says so
+    small = docs[:40]
+    _, small_val = split_documents(small)
+    assert sum(map(len, small_val)) <= max(MAX_VAL_SHARE * sum(len(d) for _, d in small), 12_000)
+
+
+def test_a_small_validation_split_is_noted(corpus, tmp_path):
+    data = load_data(str(corpus), cache_dir=tmp_path)
+    assert data.manifest["val_bytes"] < 256 * 1024 and "validates on only" in data.note()
+    assert load_data(cache_dir=tmp_path / "std").note() is None  # the stdlib here holds 414K val bytes
+
+
 def test_globs_and_single_files(corpus, tmp_path):
     data = load_data(str(corpus / "doc0*.py"), cache_dir=tmp_path)
     assert data.manifest["train_documents"] + data.manifest["val_documents"] == 8

@@ -210,7 +210,7 @@ def test_python_api_custom_space(corpus):
     proxy = Proxy(preset="tiny", steps=10, batch_size=8, seeds=2, precision="fp32", data=corpus)
     space = FunctionSpace(space_fn, proxy=proxy, settings=Settings(sampler="random", pruner="none", n_trials=3),
                           name="custom")
-    summary = run_search(space, quiet=True)
+    summary = run_search(space, quiet=True, confirm=False)  # confirmation: tests/test_trust.py
     rows = leaderboard(summary.storage, "custom")["trials"]
     assert sum(r["status"] == "complete" for r in rows) == 2
     assert all(r["taper"].startswith("ffn:linear") for r in rows if r["status"] == "complete")

@@ -1,8 +1,13 @@
 """Text sources: the embedded standard-library corpus, user files, Hugging Face datasets.
 
 Every source yields (name, bytes) documents in a deterministic order, and is split into
-train and validation by document: a document is in validation when a hash of its name
-falls in the lowest `VAL_PERCENT` percent, so the split never depends on file order.
+train and validation by document (`split_documents`): a document is in validation when a
+hash of its name falls in the lowest `VAL_PERCENT` percent, so the split never depends on
+file order. Validation must be large enough to rank tapers everywhere: a stripped Python
+(Debian's 3.12) has far fewer stdlib files than CPython 3.11 and gave 39K validation bytes,
+so when the hash rule leaves fewer than `MIN_VAL_BYTES`, more documents join validation in
+hash order until it holds that many, as long as validation stays within `MAX_VAL_SHARE` of
+the corpus. Commands print a note when a corpus is too small for that (`TokenData.note`).
 """
 
 from __future__ import annotations
@@ -15,13 +20,42 @@ from pathlib import Path
 from typing import Iterator
 
 VAL_PERCENT = 2
+MIN_VAL_BYTES = 256 * 1024  # = validation tokens with the byte tokenizer (BPE: about 1/3.4 of it)
+MAX_VAL_SHARE = 0.1  # validation never takes more than this share of the corpus's bytes
+SPLIT_VERSION = 2  # part of the cache key: a change of the split rule rebuilds every cache
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".json", ".jsonl", ".csv", ".html", ".xml", ".tex", ".c",
                  ".h", ".cpp", ".js", ".ts", ".rs", ".go", ".java", ".yaml", ".yml", ".toml", ".cfg", ".ini"}
 
 
+def _name_hash(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+
+
 def is_val(name: str, val_percent: int = VAL_PERCENT) -> bool:
-    h = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
-    return h % 100 < val_percent
+    return _name_hash(name) % 100 < val_percent
+
+
+def split_documents(docs: list[tuple[str, bytes]]) -> tuple[list[bytes], list[bytes]]:
+    """(train, val) document bytes, by the rule in the module docstring."""
+    val_names = {n for n, _ in docs if is_val(n)}
+    total = sum(len(d) for _, d in docs)
+    target = min(MIN_VAL_BYTES, int(MAX_VAL_SHARE * total))
+    size = sum(len(d) for n, d in docs if n in val_names)
+    if size < target:
+        for n, d in sorted(docs, key=lambda nd: (_name_hash(nd[0]) % 100, _name_hash(nd[0]), nd[0])):
+            if size >= target:
+                break
+            if n not in val_names and size + len(d) <= int(MAX_VAL_SHARE * total):
+                val_names.add(n)
+                size += len(d)
+    train = [d for n, d in docs if n not in val_names]
+    val = [d for n, d in docs if n in val_names]
+    if not val:  # tiny corpora: the last document validates
+        train, val = train[:-1], train[-1:]
+    if not train:
+        raise ValueError("data: the corpus needs at least two documents (files) to split train/val; "
+                         "add a file or pass pre-tokenised data")
+    return train, val
 
 
 SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}

@@ -21,8 +21,8 @@ from typing import Iterator
 
 import numpy as np
 
-from autotaper.data.corpus import (file_documents, hf_documents, is_val, resolve_text_files,
-                                   stdlib_documents, stdlib_files)
+from autotaper.data.corpus import (SPLIT_VERSION, file_documents, hf_documents, resolve_text_files,
+                                   split_documents, stdlib_documents, stdlib_files)
 from autotaper.data.tokenizer import BPETokenizer, ByteTokenizer
 
 DEFAULT_BPE_VOCAB = 4096
@@ -54,6 +54,16 @@ class TokenData:
         top = int(self.manifest.get("max_token", -1))
         if top >= vocab_size:
             raise ValueError(f"data: token id {top} is over the model's vocab_size={vocab_size}")
+
+    def note(self) -> str | None:
+        """A line to print when the validation split is small (see `data.corpus`)."""
+        from autotaper.data.corpus import MIN_VAL_BYTES
+
+        val_bytes = self.manifest.get("val_bytes")
+        if val_bytes is None or val_bytes >= MIN_VAL_BYTES:
+            return None
+        return (f"note: corpus {self.name} validates on only {val_bytes:,} bytes ({len(self.val):,} tokens, under "
+                f"{MIN_VAL_BYTES:,}): small effects will be hard to rank; give --data a larger corpus")
 
     def fingerprint(self) -> str:
         return self.manifest["content_sha256"][:16] + "-" + self.manifest["tokenizer"]["name"]
@@ -87,7 +97,7 @@ def load_data(source: str | None = None, *, tokenizer: str = "bytes", vocab_size
     if source is not None and Path(source).is_dir() and (Path(source) / "train.bin").exists():
         return _load_token_dir(Path(source))
     vocab = vocab_size or (256 if tokenizer == "bytes" else DEFAULT_BPE_VOCAB)
-    suffix = f"{tokenizer}{'' if tokenizer == 'bytes' else vocab}"
+    suffix = f"{tokenizer}{'' if tokenizer == 'bytes' else vocab}-split{SPLIT_VERSION}"
     # Fast path: files unchanged since the cache was built (same names, sizes and mtimes)
     # open the cache without reading and hashing every byte again.
     stamp_file = _stamp_file(root, source, suffix)
@@ -136,19 +146,8 @@ def _stamp_file(root: Path, source: str | None, suffix: str) -> Path | None:
     return root / "stamps" / h.hexdigest()[:32]
 
 
-def _split(docs) -> tuple[list[bytes], list[bytes]]:
-    train = [d for n, d in docs if not is_val(n)]
-    val = [d for n, d in docs if is_val(n)]
-    if not val:  # tiny corpora: the last document validates
-        train, val = train[:-1], train[-1:]
-    if not train:
-        raise ValueError("data: the corpus needs at least two documents (files) to split train/val; "
-                         "add a file or pass pre-tokenised data")
-    return train, val
-
-
 def _build(target: Path, name: str, docs, content: str, tokenizer: str, vocab: int) -> None:
-    train_docs, val_docs = _split(docs)
+    train_docs, val_docs = split_documents(docs)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:

@@ -1,6 +1,8 @@
 """The Optuna backend: samplers, pruners, reference trials, workers, progress.
 
-Every study starts with two reference points: the uniform baseline (a trial whose value is
+A search runs in stages: calibration (the noise floor, `calibrate.py`), the plan (trials
+that fit a budget, `plan.py`), the trials (raced on paired seeds, `objective.py`), and the
+confirmation of the best on fresh seeds (`confirm.py`). Every study starts with two reference points: the uniform baseline (a trial whose value is
 0 by definition, recorded from the cached per-seed baselines) and the paper's cosine
 1.5 -> 0.5 on ffn (enqueued when the space can express it). Re-running the same command
 loads the study, fails trials whose worker died, and runs only the trials still missing
@@ -9,13 +11,14 @@ from `n_trials` (complete and pruned trials count; failed ones are retried by ne
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import sys
 import time
 from dataclasses import dataclass
 
-from autotaper.search.objective import TaperObjective, ensure_baselines, metric_key
+from autotaper.search.objective import StudyStore, TaperObjective, ensure_baselines, metric_key
 from autotaper.search.space import PAPER_DEFAULT, BaseSpace
 from autotaper.search.storage import default_location, fail_dead_trials, open_storage
 
@@ -111,6 +114,32 @@ class SearchSummary:
     storage: str
     trials: int
     elapsed_s: float
+    calibration: dict | None = None
+    plan: str | None = None
+    confirmation: dict | None = None
+
+
+def prepare_search(study, space: BaseSpace, data, *, n_trials: int, started: float, budget_s: float | None,
+                   confirm: bool, say) -> tuple:
+    """The stages before the trials, shared by both backends: calibration, then the plan."""
+    from autotaper.search.calibrate import measure_noise
+    from autotaper.search.plan import make_plan
+
+    cal = measure_noise(study, space, data, quiet=True) if study.user_attrs.get("calibration") is None else None
+    if cal is None:
+        from autotaper.search.calibrate import Calibration
+
+        cal = Calibration.from_dict(study.user_attrs["calibration"])
+    p = space.proxy
+    in_use = {"search": p.seeds} | ({"racing up to": p.max_seeds} if p.racing else {})
+    if confirm and space.settings.confirm.enabled:
+        in_use["confirmation"] = space.settings.confirm.seeds
+    for line in cal.lines(in_use):
+        say(line)
+    plan = make_plan(space, run_s=cal.run_wall_s, n_trials=n_trials, elapsed_s=time.time() - started,
+                     budget_s=budget_s, confirm=confirm and space.settings.confirm.enabled)
+    say(plan.text())
+    return cal, plan
 
 
 def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout: float | None,
@@ -124,8 +153,7 @@ def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout:
     torch.set_num_threads(threads)
     study, _ = open_study(space, storage=url, study_name=study_name, workers=2)
     data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
-    baselines = ensure_baselines(study, space, data)
-    objective = TaperObjective(space, data, baselines)
+    objective = TaperObjective(space, data, StudyStore(study))
     stop = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
                                                             optuna.trial.TrialState.PRUNED))
     if finished(study) >= n_trials:
@@ -135,8 +163,10 @@ def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout:
 
 def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str | None = None,
                n_trials: int | None = None, timeout: float | None = None, workers: int = 1,
-               quiet: bool = False) -> SearchSummary:
-    """Run (or resume) a search; returns where its results are."""
+               budget_s: float | None = None, confirm: bool = True, quiet: bool = False) -> SearchSummary:
+    """Run (or resume) a search: calibrate, plan (to `budget_s`, default the space's
+    search.budget), race the trials, confirm the best on fresh seeds (the space's
+    search.confirm; `confirm=False` skips it). Returns where the results are."""
     from autotaper.data import load_data
 
     if workers < 1:
@@ -153,10 +183,21 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
     if dead:
         say(f"marked {len(dead)} interrupted trial(s) failed: {dead}")
     data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
+    p = space.proxy
+    seeds = f"{p.seeds}..{p.max_seeds} seeds (racing)" if p.racing else f"{p.seeds} seeds"
     say(f"study {study.study_name} in {url}: {finished(study)} of {n_trials} trials done; "
-        f"proxy {space.proxy.preset}, {space.proxy.steps} steps x {space.proxy.seeds} seeds, corpus {data.name}")
-    if not study.user_attrs.get("baseline/seed0"):
-        say("training the uniform baseline on each seed (once per study)")
+        f"proxy {p.preset}, {p.steps} steps x {seeds}, corpus {data.name} "
+        f"({len(data.train):,} train / {len(data.val):,} val tokens)")
+    if data.note():
+        say(data.note())
+    if not study.user_attrs.get("calibration"):
+        say("calibrating: the uniform baseline and the paper default on the first seeds (once per study)")
+    budget_s = space.settings.budget_s if budget_s is None else budget_s
+    cal, plan = prepare_search(study, space, data, n_trials=n_trials, started=started, budget_s=budget_s,
+                               confirm=confirm, say=say)
+    n_trials = plan.n_trials
+    if plan.trials_timeout_s is not None:
+        timeout = min(timeout or math.inf, max(1.0, plan.trials_timeout_s))
     baselines = ensure_baselines(study, space, data, quiet=quiet)
     add_references(study, space, baselines, metric_key(data))
     from autotaper.search.progress import Progress
@@ -166,7 +207,7 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
     if workers == 1:
         import optuna
 
-        objective = TaperObjective(space, data, baselines)
+        objective = TaperObjective(space, data, StudyStore(study))
         stop = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
                                                                 optuna.trial.TrialState.PRUNED))
         if finished(study) < n_trials:
@@ -194,4 +235,22 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
         if bad:
             raise RuntimeError(f"{len(bad)} search worker(s) exited with status {bad}")
     progress.close()
-    return SearchSummary(study.study_name, url, len(study.get_trials(deepcopy=False)), time.time() - started)
+    confirmation = finish_search(study, space, data, confirm=confirm, say=say, quiet=quiet)
+    return SearchSummary(study.study_name, url, len(study.get_trials(deepcopy=False)), time.time() - started,
+                         calibration=cal.to_dict(), plan=plan.text(), confirmation=confirmation)
+
+
+def finish_search(study, space: BaseSpace, data, *, confirm: bool, say, quiet: bool) -> dict | None:
+    """The stage after the trials, shared by both backends: confirmation on fresh seeds."""
+    from autotaper.search.confirm import confirm_study
+
+    c = space.settings.confirm
+    if not (confirm and c.enabled):
+        return None
+    try:
+        out = confirm_study(study, space, data, top_k=c.top_k, seeds=c.seeds, quiet=quiet)
+    except ValueError as e:  # nothing complete to confirm: the leaderboard says why
+        say(f"no confirmation: {e}")
+        return None
+    say("confirmed: " + out["text"])
+    return out

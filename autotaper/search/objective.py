@@ -1,13 +1,17 @@
-"""The search objective: a candidate taper, solved to the budget, trained on paired seeds.
+"""The search objective: a candidate taper, solved to the budget, raced on paired seeds.
 
 For each trial:
 1. the space proposes a taper (or a whole spec), solved to the uniform baseline's budget;
    an infeasible one is recorded through `trial.set_constraint` (violation 1.0) with a
    penalty value, never silently dropped; a feasible one records its budget error minus
    the tolerance (<= 0) as the same constraint;
-2. it trains once per seed; the uniform baseline of each seed was trained once and cached
-   in the study (`ensure_baselines`), with the same batches and initial weights;
-3. the value is the mean paired difference in validation bits per byte, taper minus
+2. it trains seed by seed through the study's `PairedEvaluator` (`autotaper.paired`): the
+   uniform baseline of each seed is trained once per study, lazily, when a seed is first
+   needed, with the same batches and initial weights; a (spec, seed) run already in the
+   study is reused, never retrained;
+3. after `seeds.min` seeds, racing (`autotaper.search.racing`) decides whether more seeds,
+   up to `seeds.max`, can still change the comparison with the incumbent;
+4. the value is the mean paired difference in validation bits per byte, taper minus
    uniform (negative is better), stored with its standard error and 95% interval.
 Intermediate values go to the pruner: for median and Hyperband the running paired mean at
 each evaluation (one step axis across seeds: seed index * steps + step); for Wilcoxon the
@@ -25,14 +29,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from autotaper.cost import count
-from autotaper.search.space import BaseSpace
+from collections.abc import MutableMapping
+
 from autotaper.budget import solve_report
+from autotaper.cost import count
+from autotaper.paired import BASELINE_KEY, RUN_KEY, PairedEvaluator, metric_key, spec_key
+from autotaper.search import racing
+from autotaper.search.space import BaseSpace
 from autotaper.spec import ModelSpec
 from autotaper.stats import paired
 
 INFEASIBLE_PENALTY = 1.0  # bits per byte: worse than any real taper, so samplers steer away
-BASELINE_ATTR = "baseline/seed{seed}"
 
 
 def train_config(space: BaseSpace, seed: int, overrides: dict[str, Any] | None = None):
@@ -43,11 +50,6 @@ def train_config(space: BaseSpace, seed: int, overrides: dict[str, Any] | None =
                        seed=seed, eval_every=p.eval_interval(), precision=p.precision, schedule=p.schedule)
 
 
-def metric_key(data) -> str:
-    """Bits per byte when the data knows its bytes; loss per token for pre-tokenised data."""
-    return "val_bpb" if data.token_bytes is not None else "val_loss"
-
-
 def baseline_spec(space: BaseSpace, data) -> ModelSpec:
     overrides = {"vocab_size": data.vocab_size}
     if space.proxy.family:
@@ -55,34 +57,62 @@ def baseline_spec(space: BaseSpace, data) -> ModelSpec:
     return ModelSpec.from_name(space.proxy.preset, **overrides)
 
 
-def baseline_entry(space: BaseSpace, data, seed: int, *, quiet: bool = True) -> dict:
-    """Train the uniform baseline on one seed; what the study caches for pairing."""
-    from autotaper.train import train
+class StudyStore(MutableMapping):
+    """A study's user attributes as the evaluator's run store: baselines and per-seed runs
+    shared by every worker, every command and every backend that opens the study."""
 
-    key = metric_key(data)
-    r = train(baseline_spec(space, data), data, train_config(space, seed), quiet=quiet)
-    if r.status != "complete":
-        raise ValueError(f"the uniform baseline did not train (seed {seed}): {r.status}, {r.reason}")
-    return {"value": r.to_dict()[key], "curve": {str(h["step"]): h[key] for h in r.history},
-            "tokens_per_s": r.tokens_per_s, "train_time_s": r.train_time_s, "fingerprint": r.data_fingerprint,
-            "steps": r.steps}
+    def __init__(self, study):
+        self.study = study
+
+    def __getitem__(self, key: str):
+        value = self.study.user_attrs.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value) -> None:
+        self.study.set_user_attr(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("study attributes are never deleted")
+
+    def __iter__(self):
+        return iter(self.study.user_attrs)
+
+    def __len__(self) -> int:
+        return len(self.study.user_attrs)
+
+    def setdefault(self, key: str, value):
+        current = self.study.user_attrs.get(key)  # one read: another worker may have stored it first
+        if current is not None:
+            return current
+        self.study.set_user_attr(key, value)
+        return value
+
+
+class MemoryStore(dict):
+    """A snapshot of a study's runs for a worker without the study (Ray trials); what it
+    adds is reported back (`added`) and written to the study by the driver."""
+
+    def __init__(self, initial: dict | None = None):
+        super().__init__(initial or {})
+        self.added: dict = {}
+
+    def setdefault(self, key, value):
+        if key not in self:
+            self.added[key] = value
+        return super().setdefault(key, value)
+
+
+def make_evaluator(space: BaseSpace, data, store: MutableMapping, *, quiet: bool = True) -> PairedEvaluator:
+    return PairedEvaluator(baseline_spec(space, data), data, lambda seed, o: train_config(space, seed, o),
+                           store=store, quiet=quiet)
 
 
 def ensure_baselines(study, space: BaseSpace, data, *, quiet: bool = True) -> dict[int, dict]:
-    """Train the uniform baseline once per seed and cache it in the study's user attrs."""
-    out = {}
-    for seed in range(space.proxy.seeds):
-        attr = BASELINE_ATTR.format(seed=seed)
-        cached = study.user_attrs.get(attr)
-        if cached is None:
-            cached = baseline_entry(space, data, seed, quiet=quiet)
-            fresh = study.user_attrs.get(attr)  # another worker may have finished first: keep one
-            if fresh is None:
-                study.set_user_attr(attr, cached)
-            else:
-                cached = fresh
-        out[seed] = cached
-    return out
+    """The uniform baseline on each of the first `seeds.min` seeds, trained once per study."""
+    ev = make_evaluator(space, data, StudyStore(study), quiet=quiet)
+    return {seed: ev.baseline(seed) for seed in range(space.proxy.seeds)}
 
 
 @dataclass
@@ -92,7 +122,8 @@ class Prepared:
     spec: ModelSpec | None = None
     train: dict = field(default_factory=dict)
     infeasible: str | None = None  # the solver's error
-    cached: dict | None = None  # attrs of an identical spec already measured in this study
+    incumbent: dict = field(default_factory=lambda: racing.incumbent([]))  # snapshot for racing
+    known: dict = field(default_factory=dict)  # stored runs of this spec and the baselines (Ray trials)
 
 
 @dataclass
@@ -107,12 +138,16 @@ class Outcome:
     train_time_s: float = 0.0
     train_wall_s: float = 0.0
     steps_trained: int = 0
+    race: str | None = None  # racing's last decision (None without racing)
+    reused: int = 0  # seeds whose run the study already held
 
     def attrs(self, wall_time_s: float) -> dict[str, Any]:
         out = {"status": self.status, "seed_deltas": self.deltas, "seed_values": self.values,
                "train_time_s": self.train_time_s,  # optimizer steps only
                "train_wall_s": self.train_wall_s,  # inside train(): build, steps, evals
-               "steps_trained": self.steps_trained, "wall_time_s": wall_time_s}
+               "steps_trained": self.steps_trained, "wall_time_s": wall_time_s, "seeds_reused": self.reused}
+        if self.race:
+            out["race"] = self.race
         if self.reason:
             out["reason"] = self.reason
         if self.speeds:
@@ -125,10 +160,12 @@ class Outcome:
 
 class TaperObjective:
     """The objective shared by both backends (see the module docstring): `prepare` runs where
-    trials are created (it needs the Optuna trial), `run` wherever training happens."""
+    trials are created (it needs the Optuna trial), `run` wherever training happens, with the
+    run store it is given (the study itself, or a snapshot in a Ray trial)."""
 
-    def __init__(self, space: BaseSpace, data, baselines: dict[int, dict]):
-        self.space, self.data, self.baselines = space, data, baselines
+    def __init__(self, space: BaseSpace, data, store: MutableMapping | None = None):
+        self.space, self.data = space, data
+        self.store = store if store is not None else MemoryStore()
         self.base = baseline_spec(space, data)
         self.base_cost = count(self.base)
         self.key = metric_key(data)
@@ -160,41 +197,43 @@ class TaperObjective:
         error = {"params": rel_p, "flops": rel_f, "both": max(rel_p, rel_f)}[p.constraint]
         trial.set_constraint("budget", error - p.tolerance)
         # Many knob settings round to the same widths on a small proxy; training is
-        # deterministic, so a spec already measured in this study is not trained again.
-        key = hashlib.sha256(json.dumps([spec.to_dict() | {"taper": ""}, cand.train], sort_keys=True)
-                             .encode()).hexdigest()[:16]
+        # deterministic, so a (spec, seed) run already in this study is not trained again.
+        key = spec_key(spec, cand.train)
         attrs = {"taper": spec.taper, "params_delta": cost.params - self.base_cost.params,
                  "flops_delta": cost.flops_per_token - self.base_cost.flops_per_token, "spec_key": key,
+                 "spec": spec.to_dict(),
                  "layers": {"ffn": list(spec.layer_ffn), "heads": list(spec.layer_heads),
                             "d_model": list(spec.layer_d_model)}}
         if cand.train:
             attrs["train"] = cand.train
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        cached = None
-        for prior in trial.study.get_trials(deepcopy=False):
-            a = prior.user_attrs
-            if a.get("spec_key") == key and a.get("status") == "complete" and prior.number != trial.number:
-                cached = {k: a.get(k) for k in ("seed_deltas", "seed_values", "tokens_per_s", "delta", "se", "ci95")}
-                cached.update(cached_from=prior.number, status="complete", train_time_s=0.0, train_wall_s=0.0,
-                              steps_trained=0)
-                break
-        return Prepared(spec=spec, train=dict(cand.train), cached=cached)
+        stored = trial.study.user_attrs
+        known = {k: v for k, v in stored.items()
+                 if k.startswith("baseline/seed") or k.startswith(RUN_KEY.format(key=key, seed=""))}
+        inc = racing.incumbent(t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number)
+        trial.set_user_attr("incumbent", inc["taper"] if inc["trial"] is None else inc["trial"])
+        return Prepared(spec=spec, train=dict(cand.train), incumbent=inc, known=known)
 
     def run(self, prep: Prepared, report: Callable[[float, int], bool]) -> Outcome:
-        """Train on every paired seed. `report(value, step)` receives the running paired mean at
-        each evaluation (or, for Wilcoxon, each seed's difference at step = seed index) and
-        returns True to stop the trial."""
-        from autotaper.train import train
-
+        """Train seed by seed, racing after seeds.min. `report(value, step)` receives the
+        running paired mean at each evaluation (or, for Wilcoxon, each seed's difference at
+        step = seed index) and returns True to stop the trial."""
         p = self.space.proxy
+        ev = make_evaluator(self.space, self.data, self.store)
         out = Outcome("complete")
         wilcoxon = self.space.settings.pruner == "wilcoxon"
-        for i in range(p.seeds):
-            base = self.baselines[i]
+        baselines: list[float] = []
+        for i in range(p.max_seeds):
+            if p.racing:
+                diffs = racing.differences(out.values, baselines, prep.incumbent["values"])
+                out.race = racing.decide(diffs, i, n_min=p.seeds, n_max=p.max_seeds)
+                if out.race != racing.CONTINUE:
+                    break
+            base = ev.baseline(i)
             stopped = []
 
-            def on_eval(step, metrics, i=i, base=base, stopped=stopped):
+            def on_eval(step, metrics, base=base, stopped=stopped, i=i):
                 ref = base["curve"].get(str(step))
                 if not self.pruning or wilcoxon or step >= p.steps or ref is None or metrics[self.key] is None:
                     return None
@@ -204,27 +243,30 @@ class TaperObjective:
                     return True
                 return None
 
-            t0 = time.perf_counter()
-            r = train(prep.spec, self.data, train_config(self.space, i, prep.train), callbacks=[on_eval], quiet=True)
-            out.train_wall_s += time.perf_counter() - t0
-            out.steps_trained += r.steps
-            out.train_time_s += r.train_time_s
+            r = ev.run(prep.spec, i, train=prep.train, callbacks=[on_eval])
+            out.reused += r.cached
+            if not r.cached:
+                out.train_wall_s += r.entry.get("train_wall_s", 0.0)
+                out.steps_trained += r.entry.get("steps", 0)
+                out.train_time_s += r.entry.get("train_time_s", 0.0)
             if r.status == "diverged":
                 out.status, out.reason = "failed", f"diverged on seed {i}: {r.reason}"
                 return out
-            if stopped:
-                out.status, out.reason = "pruned", f"pruned at seed {i} step {stopped[0]}"
+            if r.status != "complete":
+                out.status, out.reason = "pruned", f"pruned at seed {i} step {stopped[0] if stopped else '?'}"
                 return out
-            if r.data_fingerprint != base["fingerprint"]:
-                raise RuntimeError(f"seed {i}: data fingerprint differs from the baseline's; the pairing is broken")
-            out.deltas.append(r.to_dict()[self.key] - base["value"])
-            out.values.append(r.to_dict()[self.key])
-            out.speeds.append(r.tokens_per_s)
-            if self.pruning and i < p.seeds - 1:
+            out.deltas.append(r.delta)
+            out.values.append(r.value)
+            baselines.append(r.baseline)
+            out.speeds.append(r.entry.get("tokens_per_s") or 0.0)
+            if self.pruning and i < p.seeds - 1:  # between the first seeds; racing decides after
                 value, step = (out.deltas[-1], i) if wilcoxon else (sum(out.deltas) / len(out.deltas), (i + 1) * p.steps)
                 if report(value, step):
                     out.status, out.reason = "pruned", f"pruned after seed {i}"
                     return out
+        if p.racing and out.race == racing.CONTINUE:  # the last seed's outcome, as the next check would see it
+            diffs = racing.differences(out.values, baselines, prep.incumbent["values"])
+            out.race = racing.decide(diffs, len(out.values), n_min=p.seeds, n_max=p.max_seeds)
         return out
 
     def __call__(self, trial):
@@ -237,10 +279,6 @@ class TaperObjective:
         prep = self.prepare(trial)
         if prep.infeasible:
             return self.value(INFEASIBLE_PENALTY, 0.0)
-        if prep.cached:
-            for k, v in {**prep.cached, "wall_time_s": time.perf_counter() - started}.items():
-                trial.set_user_attr(k, v)
-            return self.value(prep.cached["delta"], prep.cached.get("tokens_per_s") or 0.0)
 
         def report(value: float, step: int) -> bool:
             trial.report(value, step=step)

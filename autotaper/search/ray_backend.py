@@ -14,6 +14,12 @@ with trials spread over every CPU, GPU and node of a Ray cluster.
   (3) Ray 2.60 turns token auth on for new local clusters: a local instance is started by
   `ray.init` in this process, which owns the token; attach to other clusters with
   `--address` (and RAY_AUTH_TOKEN where the cluster uses auth).
+- Racing and confirmation have the same semantics as locally: a trial races against the
+  incumbent snapshot taken when it was created, with the study's stored runs of its spec
+  and the baselines as a snapshot (`MemoryStore`); baselines or runs it trains for new
+  seeds are reported back and written into the study by the driver. Calibration, the plan
+  and the confirmation run on the driver (`prepare_search`, `finish_search`), after the
+  uniform baselines of the calibration seeds have trained as parallel Ray tasks.
 - Resume: the Tune experiment lives under `tune_storage` (default ~/ray_results/autotaper); running again restores it
   (`Tuner.restore`, unfinished and errored trials resumed) and the study keeps its trials.
 - Faults: a trial whose worker process dies is retried (`FailureConfig(max_failures=2)`);
@@ -22,6 +28,7 @@ with trials spread over every CPU, GPU and node of a Ray cluster.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -29,15 +36,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from autotaper.search.engine import SearchSummary, add_references, finished, open_study
-from autotaper.search.objective import INFEASIBLE_PENALTY, TaperObjective, ensure_baselines, metric_key
+from autotaper.search.engine import SearchSummary, add_references, finish_search, finished, open_study, prepare_search
+from autotaper.search.objective import (INFEASIBLE_PENALTY, MemoryStore, TaperObjective, ensure_baselines,
+                                        metric_key)
 from autotaper.search.space import BaseSpace
 
 METRIC = "delta_bpb"
+NEW_RUNS = "new_runs"  # runs a trial trained that the study lacked: written there by the driver
 MAX_FAILURES = 2
 
 
-def _trainable(config: dict, space: BaseSpace = None, baselines: dict = None, cpus: float = 1.0) -> None:
+def _trainable(config: dict, space: BaseSpace = None, cpus: float = 1.0) -> None:
     """One Tune trial: train the prepared candidate on the paired seeds."""
     import ray
     import torch
@@ -50,19 +59,16 @@ def _trainable(config: dict, space: BaseSpace = None, baselines: dict = None, cp
     torch.set_num_threads(max(1, int(cpus)))
     started = time.perf_counter()
     node = {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
-    steps_total = space.proxy.steps * space.proxy.seeds
+    steps_total = space.proxy.steps * space.proxy.max_seeds
     if config.get("infeasible"):
         tune.report({METRIC: INFEASIBLE_PENALTY, "tokens_per_s": 0.0, "step": steps_total, "final": True,
                      "attrs": {"status": "infeasible", **node}})
         return
-    if config.get("cached"):  # an identical spec was measured already: same numbers
-        cached = config["cached"]
-        tune.report({METRIC: cached["delta"], "tokens_per_s": cached.get("tokens_per_s") or 0.0, "step": steps_total,
-                     "final": True, "attrs": {**node, **cached, "wall_time_s": time.perf_counter() - started}})
-        return
     data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
-    objective = TaperObjective(space, data, baselines)
-    prep = Prepared(spec=ModelSpec.from_dict(config["spec"]), train=config.get("train") or {})
+    store = MemoryStore(config.get("known"))
+    objective = TaperObjective(space, data, store)
+    prep = Prepared(spec=ModelSpec.from_dict(config["spec"]), train=config.get("train") or {},
+                    incumbent=config["incumbent"])
     first = []
 
     def report(value: float, step: int) -> bool:
@@ -72,7 +78,8 @@ def _trainable(config: dict, space: BaseSpace = None, baselines: dict = None, cp
         return False  # the scheduler stops trials itself
 
     out = objective.run(prep, report)
-    attrs = {**node, **out.attrs(time.perf_counter() - started)}
+    attrs = {**node, **out.attrs(time.perf_counter() - started),
+             NEW_RUNS: json.dumps(store.added)}  # a string: Tune flattens nested dicts in results
     value = sum(out.deltas) / len(out.deltas) if out.deltas else INFEASIBLE_PENALTY
     speed = attrs.get("tokens_per_s", 0.0)
     tune.report({METRIC: value, "tokens_per_s": speed, "step": steps_total, "final": True, "attrs": attrs})
@@ -90,12 +97,19 @@ def _study_search_class():
             self._last: dict[str, dict] = {}
             self._paths = paths if paths is not None else {}  # trial id -> trial dir, for errors
 
+        def _record(self, ot, result: dict) -> None:
+            attrs = dict(_attrs(result))
+            for key, value in json.loads(attrs.pop(NEW_RUNS, None) or "{}").items():
+                if self._ot_study.user_attrs.get(key) is None:
+                    self._ot_study.set_user_attr(key, value)
+            for key, value in attrs.items():
+                ot.set_user_attr(key, value)
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             ot = self._ot_trials.get(trial_id)
             if ot is None or trial_id in self._completed_trials:
                 return
-            for key, value in _attrs(result).items():
-                ot.set_user_attr(key, value)
+            self._record(ot, result)
             ot.set_user_attr("early_stopped", not result.get("final", False))
             self._last[trial_id] = result
             if not result.get("final"):
@@ -111,8 +125,7 @@ def _study_search_class():
             status = _attrs(result).get("status")
             try:
                 # the last result may reach on_trial_complete without on_trial_result first
-                for key, value in _attrs(result).items():
-                    ot.set_user_attr(key, value)
+                self._record(ot, result)
                 ot.set_user_attr("early_stopped", not result.get("final", False))
                 if error:
                     ot.set_user_attr("status", "failed")
@@ -172,11 +185,11 @@ class _Define:
     Tune pickles its searcher (and so this) into the experiment state; the objective, which
     holds memory-mapped token arrays, is rebuilt after unpickling instead of copied."""
 
-    def __init__(self, space: BaseSpace, baselines: dict, objective: TaperObjective | None = None):
-        self.space, self.baselines, self._objective = space, baselines, objective
+    def __init__(self, space: BaseSpace, objective: TaperObjective | None = None):
+        self.space, self._objective = space, objective
 
     def __getstate__(self):
-        return {"space": self.space, "baselines": self.baselines, "_objective": None}
+        return {"space": self.space, "_objective": None}
 
     def __call__(self, trial) -> dict[str, Any]:
         if self._objective is None:
@@ -184,14 +197,12 @@ class _Define:
 
             p = self.space.proxy
             self._objective = TaperObjective(self.space, load_data(p.data, tokenizer=p.tokenizer,
-                                                                   vocab_size=p.vocab_size), self.baselines)
+                                                                   vocab_size=p.vocab_size))
         trial.set_user_attr("backend", "ray")
         prep = self._objective.prepare(trial)
         if prep.infeasible:
             return {"infeasible": True}
-        if prep.cached:
-            return {"cached": prep.cached}
-        return {"spec": prep.spec.to_dict(), "train": prep.train}
+        return {"spec": prep.spec.to_dict(), "train": prep.train, "incumbent": prep.incumbent, "known": prep.known}
 
 
 def _connect(address: str | None) -> bool:
@@ -215,7 +226,7 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
                    n_trials: int | None = None, timeout: float | None = None, address: str | None = None,
                    cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
                    max_concurrent: int | None = None, tune_storage: str | None = None,
-                   quiet: bool = False) -> SearchSummary:
+                   budget_s: float | None = None, confirm: bool = True, quiet: bool = False) -> SearchSummary:
     """Run (or resume) a search through Ray Tune; resources default to the space's `search`
     section (cpus_per_trial, gpus_per_trial, max_concurrent)."""
     import ray
@@ -251,21 +262,30 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-            baselines = _baselines_on_cluster(study, space, data, cpus_per_trial, gpus_per_trial)
+            say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
+            from autotaper.search.calibrate import calibration_seeds
+
+            _baselines_on_cluster(study, space, data, cpus_per_trial, gpus_per_trial, calibration_seeds(space))
+            budget_s = space.settings.budget_s if budget_s is None else budget_s
+            cal, plan = prepare_search(study, space, data, n_trials=n_trials, started=started, budget_s=budget_s,
+                                       confirm=confirm, say=say)
+            n_trials = plan.n_trials
+            if plan.trials_timeout_s is not None:
+                timeout = min(timeout or float("inf"), max(1.0, plan.trials_timeout_s))
+            baselines = ensure_baselines(study, space, data)
             add_references(study, space, baselines, metric_key(data))
-            objective = TaperObjective(space, data, baselines)
+            objective = TaperObjective(space, data)
             multi = space.settings.multi_objective
             metric = [METRIC, "tokens_per_s"] if multi else METRIC
             mode = ["min", "max"] if multi else "min"
             paths: dict[str, str] = {}
-            searcher = _study_search_class()(space=_Define(space, baselines, objective), metric=metric, mode=mode,
+            searcher = _study_search_class()(space=_Define(space, objective), metric=metric, mode=mode,
                                              sampler=study.sampler, study_name=study.study_name,
                                              storage=study._storage, paths=paths)
             scheduler = _scheduler(space)
             trainable = tune.with_resources(
-                tune.with_parameters(_trainable, space=space, baselines=baselines, cpus=cpus_per_trial),
+                tune.with_parameters(_trainable, space=space, cpus=cpus_per_trial),
                 {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-            say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
             # An interrupted experiment is restored first (its unfinished trials resume in the same
             # study trials); trials still missing after that run in a new experiment.
             last = study.user_attrs.get("ray/experiment")
@@ -285,12 +305,14 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
                                               failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                                               callbacks=[_paths_callback(paths)], verbose=0 if quiet else 1))
                 tuner.fit()  # the leaderboard reads the study, not the ResultGrid (constraints, early stops)
+            confirmation = finish_search(study, space, data, confirm=confirm, say=say, quiet=quiet)
     finally:
         if ours:
             ray.shutdown()
         if previous is not None and os.path.isdir(previous):
             os.chdir(previous)
-    return SearchSummary(study.study_name, url, len(study.get_trials(deepcopy=False)), time.time() - started)
+    return SearchSummary(study.study_name, url, len(study.get_trials(deepcopy=False)), time.time() - started,
+                         calibration=cal.to_dict(), plan=plan.text(), confirmation=confirmation)
 
 
 def _scheduler(space: BaseSpace):
@@ -301,29 +323,30 @@ def _scheduler(space: BaseSpace):
     if space.settings.multi_objective or space.settings.pruner == "none":
         return FIFOScheduler()
     if space.settings.pruner == "hyperband":
-        return HyperBandScheduler(time_attr="step", max_t=p.steps * p.seeds)
+        return HyperBandScheduler(time_attr="step", max_t=p.steps * p.max_seeds)
     # median and wilcoxon map to ASHA, Tune's asynchronous early stopping
-    return ASHAScheduler(time_attr="step", max_t=p.steps * p.seeds,
+    return ASHAScheduler(time_attr="step", max_t=p.steps * p.max_seeds,
                          grace_period=max(p.eval_interval(), p.steps // 2), reduction_factor=3)
 
 
-def _baselines_on_cluster(study, space: BaseSpace, data, cpus: float, gpus: float) -> dict[int, dict]:
+def _baselines_on_cluster(study, space: BaseSpace, data, cpus: float, gpus: float, seeds) -> None:
     """Missing per-seed baselines train as Ray tasks in parallel, then are cached in the study."""
     import ray
 
-    missing = [s for s in range(space.proxy.seeds) if f"baseline/seed{s}" not in study.user_attrs]
+    from autotaper.paired import BASELINE_KEY
+
+    missing = [s for s in seeds if BASELINE_KEY.format(seed=s) not in study.user_attrs]
     if missing:
         task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_baseline_task)
         results = ray.get([task.remote(space, s) for s in missing])
         for seed, entry in zip(missing, results):
-            if f"baseline/seed{seed}" not in study.user_attrs:
-                study.set_user_attr(f"baseline/seed{seed}", entry)
-    return ensure_baselines(study, space, data)
+            if BASELINE_KEY.format(seed=seed) not in study.user_attrs:
+                study.set_user_attr(BASELINE_KEY.format(seed=seed), entry)
 
 
 def _baseline_task(space: BaseSpace, seed: int) -> dict:
     from autotaper.data import load_data
-    from autotaper.search.objective import baseline_entry
+    from autotaper.search.objective import make_evaluator
 
     data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
-    return baseline_entry(space, data, seed)
+    return make_evaluator(space, data, {}).baseline(seed)

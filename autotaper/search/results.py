@@ -3,9 +3,11 @@
 Rows carry the taper text, first-to-last widths of each tapered dimension, the budget
 deltas, the mean paired difference in validation bits per byte against uniform with its
 95% interval and the number of seeds, and the status (reference, complete, pruned, failed,
-infeasible, running). The verdict asks whether the best complete taper beats uniform
-beyond seed noise: its whole 95% interval below zero. The best of many trials is biased
-low (winner's curse), so a winner should be confirmed with fresh seeds (`autotaper compare`).
+infeasible, running) and racing's decision. The board also carries the study's noise floor
+(`calibrate.py`) and, once run, the confirmation on fresh seeds (`confirm.py`): the verdict
+is the confirmed one when a confirmation exists. Without one, the search-stage verdict asks
+whether the best complete taper's whole 95% interval lies below zero, and says that it is
+unconfirmed: the best of many noisy trials is biased low (winner's curse).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from autotaper.search.storage import default_location, open_storage
 
+RACE_MARK = {"worse": ">", "better": "<", "max_seeds": "="}
 ORDER = {"reference": 0, "complete": 1, "pruned": 2, "infeasible": 3, "failed": 4, "running": 5, "waiting": 6}
 
 
@@ -60,7 +63,7 @@ def rows_of(study) -> list[dict[str, Any]]:
             "seeds": len(a.get("seed_deltas") or []), "status": status,
             "early_stopped": bool(a.get("early_stopped", False)),
             "tokens_per_s": a.get("tokens_per_s"), "reason": a.get("reason") or t.system_attrs.get("fail_reason"),
-            "backend": a.get("backend", "optuna"),
+            "backend": a.get("backend", "optuna"), "race": a.get("race"),
         })
 
     def key(r):
@@ -70,7 +73,8 @@ def rows_of(study) -> list[dict[str, Any]]:
     return sorted(rows, key=key)
 
 
-def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def verdict(rows: list[dict[str, Any]], *, mde: float | None = None) -> dict[str, Any]:
+    """The search-stage verdict (unconfirmed); `mde` is the noise floor's at the search's seeds."""
     done = [r for r in rows if r["status"] == "complete" and r["delta_bpb"] is not None and not r["early_stopped"]]
     if not done:
         return {"best": None, "beats_uniform": False, "text": "no complete trial yet"}
@@ -91,12 +95,14 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         text = (f"no taper beats uniform beyond seed noise: the best, {best['taper']}, is {best['delta_bpb']:+.4f} "
                 f"bpb with 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}] over {best['seeds']} paired seeds")
         beats = False
+    if mde is not None and abs(best["delta_bpb"]) < mde:
+        text += f"; its effect is below the minimum detectable effect ({mde:.4f})"
     if len(done) > 1:
-        text += f" (best of {len(done)}: confirm on fresh seeds with `autotaper compare`)"
+        text += f" (unconfirmed, best of {len(done)}: confirm on fresh seeds with `autotaper confirm`)"
     lowest = min(done, key=lambda r: r["delta_bpb"])
     if beating and lowest is not best:
         text += f"; the lowest mean, {lowest['taper']} at {lowest['delta_bpb']:+.4f}, has an interval reaching 0"
-    return {"best": best["trial"], "taper": best["taper"], "beats_uniform": beats, "text": text}
+    return {"best": best["trial"], "taper": best["taper"], "beats_uniform": beats, "text": text, "confirmed": False}
 
 
 def load(storage: str | None, study_name: str):
@@ -117,9 +123,42 @@ def load(storage: str | None, study_name: str):
 
 
 def leaderboard(storage: str | None, study_name: str) -> dict[str, Any]:
+    from autotaper.search.calibrate import CALIBRATION_ATTR, Calibration
+    from autotaper.search.confirm import CONFIRMATION_ATTR
+
     study, url = load(storage, study_name)
     rows = rows_of(study)
-    return {"study": study_name, "storage": url, "trials": rows, "verdict": verdict(rows)}
+    attrs = study.user_attrs
+    cal = Calibration.from_dict(attrs[CALIBRATION_ATTR]) if attrs.get(CALIBRATION_ATTR) else None
+    proxy = (attrs.get("autotaper/space") or {}).get("proxy") or {}
+    seeds = proxy.get("seeds") or 2
+    noise = None
+    if cal is not None:
+        noise = {**cal.to_dict(), "search_seeds": seeds, "mde_search": cal.mde(seeds),
+                 "lines": cal.lines({"search": seeds} | ({"racing up to": proxy["seeds_max"]}
+                                                         if (proxy.get("seeds_max") or 0) > seeds else {}))}
+    conf = attrs.get(CONFIRMATION_ATTR)
+    if conf:
+        final = {"best": None, "taper": conf["winner"], "beats_uniform": conf["beats_uniform"], "text": conf["text"],
+                 "confirmed": True}
+    else:
+        final = verdict(rows, mde=noise["mde_search"] if noise else None)
+    return {"study": study_name, "storage": url, "trials": rows, "noise": noise, "confirmation": conf,
+            "verdict": final}
+
+
+def confirmation_lines(conf: dict) -> list[str]:
+    n = len(conf["seeds"])
+    lines = [f"confirmation on {n} fresh seeds ({conf['seeds'][0]}..{conf['seeds'][-1]}), Holm over {conf['m']}:",
+             f"{'trial':>5} {'search':>9} {'seeds':>5} {'confirmed':>10} {'95% CI':>21} {'p_holm':>7}  taper"]
+    for c in sorted(conf["candidates"], key=lambda c: c["mean"]):
+        search = f"{c['proxy_delta']:+.4f}" if c["proxy_delta"] is not None else "-"
+        ci = f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]" if c["ci95"] else "-"
+        mark = "  beats uniform" if c["beats_uniform"] else "  worse than uniform" if c["worse_than_uniform"] else ""
+        trial = c["trial"] if c["trial"] is not None else "-"
+        lines.append(f"{trial:>5} {search:>9} {c['proxy_seeds']:>5} {c['mean']:>+10.4f} {ci:>21} {c['p_holm']:>7.3f}  "
+                     f"{c['taper']}{mark}")
+    return lines
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -134,20 +173,28 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def to_table(board: dict[str, Any]) -> str:
-    lines = [f"study {board['study']} ({board['storage']})", "",
-             f"{'trial':>5} {'status':<10} {'delta_bpb':>10} {'95% CI':>21} {'seeds':>5} {'params':>8} "
+    lines = [f"study {board['study']} ({board['storage']})", ""]
+    if board.get("noise"):
+        lines += board["noise"]["lines"] + [""]
+    lines += [f"{'trial':>5} {'status':<10} {'delta_bpb':>10} {'95% CI':>21} {'seeds':>5} {'params':>8} "
              f"{'flops':>8}  taper  [widths]"]
     for r in board["trials"]:
         d = f"{r['delta_bpb']:+.4f}" if isinstance(r["delta_bpb"], (int, float)) else "-"
         ci = f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]" if r["ci95"] else "-"
         pd = f"{r['params_delta']:+d}" if isinstance(r["params_delta"], int) else "-"
         fd = f"{r['flops_delta']:+.0f}" if isinstance(r["flops_delta"], (int, float)) else "-"
-        status = r["status"] + ("*" if r["early_stopped"] else "")
+        status = r["status"] + ("*" if r["early_stopped"] else "") + (RACE_MARK.get(r.get("race")) or "")
         extra = f"  [{r['widths']}]" if r["widths"] and r["widths"] != "uniform" else ""
         reason = f"  ({r['reason']})" if r["reason"] and r["status"] in ("failed", "infeasible") else ""
         lines.append(f"{r['trial']:>5} {status:<10} {d:>10} {ci:>21} {r['seeds']:>5} {pd:>8} {fd:>8}  "
                      f"{r['taper']}{extra}{reason}")
     if any(r["early_stopped"] for r in board["trials"]):
         lines.append("* stopped early by the scheduler: its value is not final")
-    lines += ["", "verdict: " + board["verdict"]["text"]]
+    if any(r.get("race") in RACE_MARK for r in board["trials"]):
+        lines.append("racing: > raced out (not better than the incumbent), < better than the incumbent beyond noise, "
+                     "= still within noise at seeds.max")
+    if board.get("confirmation"):
+        lines += [""] + confirmation_lines(board["confirmation"])
+    label = "confirmed verdict" if board["verdict"].get("confirmed") else "verdict"
+    lines += ["", f"{label}: " + board["verdict"]["text"]]
     return "\n".join(lines)

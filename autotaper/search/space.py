@@ -39,6 +39,46 @@ CURVE_OPTIONS = {"sigmoid": ("k",), "power": ("p",), "step": ("early", "late", "
 DIM_KEYS = {"curve", "start", "end", "strength", "asymmetry", "k", "p", "early", "late", "mid", "multiple"}
 TRAIN_KEYS = {"lr"}
 PAPER_DEFAULT = "ffn:cosine:1.5:0.5"
+CONFIRM_SEED_BASE = 1000  # confirmation trains on seeds 1000, 1001, ...: never a search's
+MAX_SEARCH_SEEDS = CONFIRM_SEED_BASE
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """Confirmation after a search: the top_k tapers and the paper's default retrained on
+    `seeds` fresh seeds; top_k 0 turns it off."""
+
+    top_k: int = 3
+    seeds: int = 3
+
+    def problems(self) -> list[str]:
+        out = []
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            out.append(f"search.confirm.top_k: must be an integer >= 0, got {self.top_k!r}")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 2 <= self.seeds <= 1000:
+            out.append(f"search.confirm.seeds: must be an integer from 2 to 1000 (an interval needs 2), "
+                       f"got {self.seeds!r}")
+        return out
+
+    @property
+    def enabled(self) -> bool:
+        return self.top_k > 0
+
+
+def parse_duration(text: Any, field_name: str = "budget") -> float:
+    """Seconds from 600, "600s", "10m", "1.5h"; ValueError naming the field otherwise."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        raw = str(text).strip().lower()
+        scale = {"s": 1, "m": 60, "h": 3600}.get(raw[-1:], None)
+        try:
+            value = float(raw[:-1]) * scale if scale else float(raw)
+        except ValueError:
+            raise ValueError(f"{field_name}: not a duration (e.g. 600, 600s, 10m, 1.5h), got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{field_name}: must be a positive duration, got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -50,7 +90,8 @@ class Proxy:
     steps: int = 150
     batch_size: int = 16
     lr: float = 3e-3
-    seeds: int = 2
+    seeds: int = 2  # seeds every candidate trains on (racing: seeds.min)
+    seeds_max: int | None = None  # racing: candidates close to the incumbent get up to this many
     constraint: str = "params"
     tolerance: float = 1e-3
     data: str | None = None
@@ -75,6 +116,12 @@ class Proxy:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 out.append(f"proxy.{name}: must be a positive integer, got {v!r}")
+        if self.seeds_max is not None and (isinstance(self.seeds_max, bool) or not isinstance(self.seeds_max, int)
+                                           or self.seeds_max < (self.seeds if isinstance(self.seeds, int) else 1)):
+            out.append(f"proxy.seeds.max: must be an integer >= seeds.min ({self.seeds!r}), got {self.seeds_max!r}")
+        elif isinstance(self.seeds, int) and self.max_seeds > MAX_SEARCH_SEEDS:
+            out.append(f"proxy.seeds: at most {MAX_SEARCH_SEEDS} (seeds from {CONFIRM_SEED_BASE} on are kept "
+                       f"for confirmation), got {self.max_seeds}")
         if self.eval_every is not None and (not isinstance(self.eval_every, int) or self.eval_every < 1):
             out.append(f"proxy.eval_every: must be a positive integer, got {self.eval_every!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
@@ -97,6 +144,14 @@ class Proxy:
     def eval_interval(self) -> int:
         return self.eval_every or max(1, self.steps // 4)
 
+    @property
+    def max_seeds(self) -> int:
+        return self.seeds_max or self.seeds
+
+    @property
+    def racing(self) -> bool:
+        return self.max_seeds > self.seeds
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -111,6 +166,8 @@ class Settings:
     cpus_per_trial: float = 1.0  # Ray backend: resources per trial (fractions of a GPU share it)
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None
+    confirm: Confirm = Confirm()
+    budget_s: float | None = None  # wall-clock plan for the whole search (calibration, trials, confirmation)
 
     def problems(self) -> list[str]:
         out = []
@@ -129,6 +186,7 @@ class Settings:
             out.append(f"search.gpus_per_trial: must be >= 0, got {self.gpus_per_trial!r}")
         if self.max_concurrent is not None and (not isinstance(self.max_concurrent, int) or self.max_concurrent < 1):
             out.append(f"search.max_concurrent: must be a positive integer, got {self.max_concurrent!r}")
+        out += self.confirm.problems()
         if len(objs) > 1 and self.sampler in ("gp", "cmaes", "grid"):
             out.append(f"search.sampler: {self.sampler} is single-objective; use tpe or nsga2 with {objs}")
         return out
@@ -359,6 +417,15 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
         return value
 
     proxy_raw = {**section("proxy"), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    seeds_raw = proxy_raw.get("seeds")
+    if isinstance(seeds_raw, dict):
+        unknown = set(seeds_raw) - {"min", "max"}
+        if unknown or "min" not in seeds_raw:
+            problems.append(f"proxy.seeds: a mapping takes min (required) and max, got {seeds_raw!r}")
+        proxy_raw["seeds"] = seeds_raw.get("min", 2)
+        proxy_raw["seeds_max"] = seeds_raw.get("max")
+    elif "seeds_max" in proxy_raw:
+        problems.append("proxy.seeds_max: write seeds: {min: N, max: M}")
     proxy_fields = {f.name for f in dataclasses.fields(Proxy)}
     for key in sorted(set(proxy_raw) - proxy_fields):
         problems.append(f"proxy.{key}: unknown key (known: {', '.join(sorted(proxy_fields))})")
@@ -371,10 +438,27 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
     problems += proxy.problems()
 
     search_raw = section("search")
-    settings_fields = {f.name for f in dataclasses.fields(Settings)}
+    settings_fields = {f.name for f in dataclasses.fields(Settings)} - {"budget_s"} | {"budget"}
     for key in sorted(set(search_raw) - settings_fields):
         problems.append(f"search.{key}: unknown key (known: {', '.join(sorted(settings_fields))})")
     search_kw = {k: v for k, v in search_raw.items() if k in settings_fields}
+    confirm_raw = search_kw.pop("confirm", None)
+    if confirm_raw is False:
+        search_kw["confirm"] = Confirm(top_k=0)
+    elif isinstance(confirm_raw, dict):
+        unknown = set(confirm_raw) - {"top_k", "seeds"}
+        if unknown:
+            problems.append(f"search.confirm: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: seeds, top_k)")
+        search_kw["confirm"] = Confirm(**{k: v for k, v in confirm_raw.items() if k in ("top_k", "seeds")})
+    elif confirm_raw not in (None, True):
+        problems.append(f"search.confirm: must be false or a mapping {{top_k, seeds}}, got {confirm_raw!r}")
+    if "budget" in search_kw:
+        budget = search_kw.pop("budget")
+        if budget is not None:
+            try:
+                search_kw["budget_s"] = parse_duration(budget, "search.budget")
+            except ValueError as e:
+                problems.append(str(e))
     if "objectives" in search_kw:
         search_kw["objectives"] = tuple(search_kw["objectives"]) if isinstance(search_kw["objectives"], list) \
             else (search_kw["objectives"],)

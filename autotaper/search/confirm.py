@@ -1,0 +1,156 @@
+"""Confirmation: the search's best tapers retrained on seeds the search never saw.
+
+The best of many noisy candidates is biased low (winner's curse): its proxy-stage effect is
+partly the luck that made it the best. Confirmation retrains the top k complete tapers and
+the paper's default (cosine 1.5 -> 0.5 on ffn) with uniform on `seeds` fresh seeds
+(`CONFIRM_SEED_BASE` + i: disjoint from every search seed), and the final verdict comes from
+those runs alone: a two-sided paired t-test per candidate, Holm's correction over the m
+candidates (family-wise error <= 5%). A taper "beats uniform" only when its corrected test
+rejects with a negative mean. The minimum detectable effect printed with it is at level
+5% / m (Holm's first step) and power 80%, from the pooled SD of the fresh paired deltas.
+Runs land in the study like every other run, so confirming again costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+from autotaper import stats
+from autotaper.search.space import CONFIRM_SEED_BASE, PAPER_DEFAULT, BaseSpace, Proxy
+
+CONFIRMATION_ATTR = "confirmation"
+
+
+class StoredSpace(BaseSpace):
+    """The proxy of an existing study, rebuilt from the space it recorded."""
+
+    def __init__(self, identity: dict[str, Any]):
+        self.name = identity.get("name", "stored")
+        self.proxy = Proxy(**identity["proxy"])
+
+    def suggest(self, trial):  # pragma: no cover - confirmation never samples
+        raise NotImplementedError
+
+
+def pick(study, top_k: int) -> list[dict]:
+    """The top_k complete trials by mean paired delta, one per distinct spec."""
+    rows, seen = [], set()
+    done = [t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("status") == "complete" and t.user_attrs.get("delta") is not None
+            and not t.user_attrs.get("early_stopped")]
+    for t in sorted(done, key=lambda t: (t.user_attrs["delta"], t.number)):
+        key = t.user_attrs.get("spec_key")
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append(t)
+        if len(rows) == top_k:
+            break
+    return rows
+
+
+def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int = 3, quiet: bool = True) -> dict:
+    """Confirm a study's best tapers on fresh seeds; the result is stored in the study."""
+    from autotaper.budget import solve, solve_report
+    from autotaper.search.objective import StudyStore, make_evaluator
+    from autotaper.spec import ModelSpec
+
+    if top_k < 0 or isinstance(top_k, bool):
+        raise ValueError(f"confirm.top_k: must be an integer >= 0, got {top_k!r}")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or not 2 <= seeds <= 1000:
+        raise ValueError(f"confirm.seeds: must be an integer from 2 to 1000 (an interval needs 2), got {seeds!r}")
+    ev = make_evaluator(space, data, StudyStore(study))
+    cands: list[dict] = []
+    for t in pick(study, top_k):
+        a = t.user_attrs
+        spec = ModelSpec.from_dict(a["spec"]) if a.get("spec") else solve(
+            ev.base, a["taper"], constraint=space.proxy.constraint, tolerance=space.proxy.tolerance)
+        cands.append({"trial": t.number, "taper": a["taper"], "spec": spec, "proxy_delta": a["delta"],
+                      "proxy_ci95": a.get("ci95"), "proxy_seeds": len(a.get("seed_deltas") or [])})
+    try:
+        paper = solve_report(ev.base, PAPER_DEFAULT, constraint=space.proxy.constraint,
+                             tolerance=space.proxy.tolerance).spec
+    except ValueError:
+        paper = None
+    from autotaper.paired import spec_key
+
+    if paper is not None and spec_key(paper) not in {spec_key(c["spec"]) for c in cands}:
+        trial = next((t for t in study.get_trials(deepcopy=False)
+                      if t.user_attrs.get("spec_key") == spec_key(paper) and t.user_attrs.get("delta") is not None),
+                     None)
+        cands.append({"trial": trial.number if trial else None, "taper": paper.taper, "spec": paper,
+                      "proxy_delta": trial.user_attrs["delta"] if trial else None,
+                      "proxy_ci95": trial.user_attrs.get("ci95") if trial else None,
+                      "proxy_seeds": len(trial.user_attrs.get("seed_deltas") or []) if trial else 0})
+    fresh = [CONFIRM_SEED_BASE + i for i in range(seeds)]
+    if not cands:
+        raise ValueError("confirm: the study has no complete taper to confirm")
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    say(f"confirming {len(cands)} taper(s) against uniform on {seeds} fresh seeds ({fresh[0]}..{fresh[-1]})")
+    def show(name, r):
+        say(f"  seed {r.seed}: {name.rsplit('#', 1)[0]} {r.delta:+.4f}{' (stored)' if r.cached else ''}")
+
+    results = ev.compare({c["taper"] + f"#{i}": c["spec"] for i, c in enumerate(cands)}, fresh, on_run=show)
+    for c, comp in zip(cands, results.values()):
+        s = comp.stats
+        c.update(deltas=comp.deltas, mean=s.mean, sd=s.sd, ci95=list(s.ci95) if s.ci95 else None, p=s.p)
+        del c["spec"]
+    adjusted, rejected = stats.holm([c["p"] for c in cands])
+    for c, p_adj, rej in zip(cands, adjusted, rejected):
+        c.update(p_holm=p_adj, beats_uniform=bool(rej and c["mean"] < 0), worse_than_uniform=bool(rej and c["mean"] > 0))
+    sds = [c["sd"] for c in cands if c["sd"] is not None]
+    pooled = math.sqrt(sum(x * x for x in sds) / len(sds)) if sds else None
+    out = {"seeds": fresh, "metric": ev.key, "candidates": cands, "pooled_sd": pooled,
+           "mde": stats.mde(pooled, seeds, alpha=stats.ALPHA / len(cands)), "m": len(cands)}
+    out.update(verdict(out))
+    study.set_user_attr(CONFIRMATION_ATTR, out)
+    return out
+
+
+def verdict(conf: dict) -> dict:
+    """The confirmed verdict's text and winner from a confirmation (see the module doc)."""
+    cands, n, m, mde = conf["candidates"], len(conf["seeds"]), conf["m"], conf["mde"]
+    mde_text = "n/a" if mde is None else f"{mde:.4f}"
+    winners = [c for c in cands if c["beats_uniform"]]
+    losers = [c for c in cands if c["worse_than_uniform"]]
+
+    def ci(c):
+        return f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]" if c["ci95"] else "[n/a]"
+
+    if winners:
+        best = min(winners, key=lambda c: c["mean"])
+        text = (f"{best['taper']} beats uniform on {n} fresh seeds: {best['mean']:+.4f} bpb, 95% CI {ci(best)}, "
+                f"Holm-adjusted p {best['p_holm']:.3g} over {m} candidate(s)")
+        if best["proxy_delta"] is not None:
+            text += (f"; the search estimated {best['proxy_delta']:+.4f} on {best['proxy_seeds']} seed(s), so "
+                     f"confirmation moved it by {best['mean'] - best['proxy_delta']:+.4f} (selection bias removed)")
+    else:
+        best = min(cands, key=lambda c: c["mean"])
+        text = (f"no taper beats uniform on {n} fresh seeds (Holm over {m}): the best, {best['taper']}, is "
+                f"{best['mean']:+.4f} bpb, 95% CI {ci(best)}; minimum detectable effect {mde_text}")
+        if mde is not None and abs(best["mean"]) < mde:
+            text += ": its effect is below the MDE, indistinguishable from seed noise at this budget"
+        if best["proxy_delta"] is not None:
+            text += f" (the search estimated {best['proxy_delta']:+.4f} on {best['proxy_seeds']} seed(s))"
+    if losers:
+        text += "; worse than uniform beyond noise: " + ", ".join(f"{c['taper']} ({c['mean']:+.4f})" for c in losers)
+    return {"text": text, "winner": best["taper"] if winners else None, "beats_uniform": bool(winners)}
+
+
+def confirm(*, storage: str | None = None, study_name: str, top_k: int = 3, seeds: int = 3,
+            quiet: bool = False) -> dict:
+    """`autotaper confirm --study X`: confirm any existing study's best tapers on fresh seeds."""
+    from autotaper.data import load_data
+    from autotaper.search.engine import SPACE_ATTR
+    from autotaper.search.results import load
+
+    study, _ = load(storage, study_name)
+    identity = study.user_attrs.get(SPACE_ATTR)
+    if identity is None:
+        raise ValueError(f"confirm: study {study_name!r} was not made by autotaper (no recorded space)")
+    space = StoredSpace(identity)
+    p = space.proxy
+    data = load_data(p.data, tokenizer=p.tokenizer, vocab_size=p.vocab_size)
+    return confirm_study(study, space, data, top_k=top_k, seeds=seeds, quiet=quiet)

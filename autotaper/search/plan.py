@@ -1,0 +1,81 @@
+"""A search planned from a measured run time, so a wall-clock promise is kept on any CPU.
+
+Calibration measures the wall time of one proxy run on this machine (the CPU may or may not
+have native bf16: a 2x difference, so nothing is assumed). A search then costs about
+  confirmation: (candidates + 1 uniform) x confirm seeds runs, candidates = top_k + the
+                paper default;
+  trials:       expected seeds per trial runs each, seeds.min + (seeds.max - seeds.min) / 3
+                with racing (most challengers stop at seeds.min) and seeds otherwise.
+With a budget, the trials are what gives: as many as fit in what remains after the time
+already spent and the confirmation (at least the two references); the confirmation shrinks
+(top_k, then seeds) only when even that does not fit. Without one, the plan still prints
+its estimate. The search stage also gets the trial time as a timeout, so a slow trial can
+overrun the plan by one trial at most.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from autotaper.search.space import BaseSpace
+
+REFERENCE_TRIALS = 2  # uniform (free) and the paper default (its first seeds come from calibration)
+
+
+@dataclass
+class Plan:
+    run_s: float
+    n_trials: int
+    seeds_per_trial: float
+    confirm_top_k: int
+    confirm_seeds: int
+    elapsed_s: float
+    budget_s: float | None
+    trials_timeout_s: float | None
+
+    @property
+    def confirm_runs(self) -> int:
+        return (self.confirm_top_k + 2) * self.confirm_seeds if self.confirm_top_k else 0
+
+    @property
+    def estimate_s(self) -> float:
+        trial_runs = max(0, self.n_trials - REFERENCE_TRIALS) * self.seeds_per_trial
+        return self.elapsed_s + (trial_runs + self.confirm_runs) * self.run_s
+
+    def text(self) -> str:
+        budget = f" of a {self.budget_s / 60:.1f} min budget" if self.budget_s else ""
+        conf = (f"confirmation of the top {self.confirm_top_k} and the paper default with uniform on "
+                f"{self.confirm_seeds} fresh seeds ({self.confirm_runs} runs)" if self.confirm_top_k
+                else "no confirmation")
+        return (f"plan: {self.run_s:.1f} s per proxy run measured here; {self.n_trials} trials "
+                f"(~{self.seeds_per_trial:.1f} seeds each), {conf}; about {self.estimate_s / 60:.1f} min in all"
+                f"{budget}, {self.elapsed_s / 60:.1f} min spent so far")
+
+
+def expected_seeds(space: BaseSpace) -> float:
+    p = space.proxy
+    return p.seeds + (p.max_seeds - p.seeds) / 3 if p.racing else float(p.seeds)
+
+
+def make_plan(space: BaseSpace, *, run_s: float, n_trials: int, elapsed_s: float,
+              budget_s: float | None = None, confirm: bool = True) -> Plan:
+    per_trial = expected_seeds(space)
+    top_k = space.settings.confirm.top_k if confirm else 0
+    seeds = space.settings.confirm.seeds
+    if budget_s is None:
+        return Plan(run_s, n_trials, per_trial, top_k, seeds, elapsed_s, None, None)
+    left = budget_s - elapsed_s
+
+    def confirm_s(k, n):
+        return (k + 2) * n * run_s if k else 0.0
+
+    # shrink the confirmation only when the references alone would not leave room for it
+    while top_k > 1 and confirm_s(top_k, seeds) > left:
+        top_k -= 1
+    while seeds > 2 and confirm_s(top_k, seeds) > left:
+        seeds -= 1
+    trial_s = max(0.0, left - confirm_s(top_k, seeds))
+    fit = REFERENCE_TRIALS + int(math.floor(trial_s / (per_trial * run_s)))
+    return Plan(run_s, max(REFERENCE_TRIALS, min(n_trials, fit)), per_trial, top_k, seeds, elapsed_s, budget_s,
+                trial_s)
