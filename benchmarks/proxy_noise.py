@@ -4,8 +4,9 @@ For each recipe (learning rate, schedule) it trains uniform and the paper's cosi
 on the same seeds with the trainer's own pieces, and scores every run four ways at once:
 raw or EMA weights, the default small validation set or a larger one. Printed per recipe:
 the per-seed SD of uniform, the SD of the paired deltas, their mean, and the ratio of each
-delta SD to today's (the first recipe, raw weights, small validation set), measured in this run. All recipes spend the same
-training steps, so equal SD ratios are ratios at equal wall time (evaluation time printed).
+delta SD to today's (the first recipe, raw weights, small validation set), measured in this run.
+Recipes that train the same steps x batch cost the same wall time (training time printed
+per run); the last two spend half of it, to weigh steps against seeds.
 
     python benchmarks/proxy_noise.py --preset proxy-xs --steps 120 --seeds 4
 """
@@ -33,6 +34,9 @@ RECIPES = {  # name: TrainConfig overrides; the first is the reference (today's 
     "lr1.5e-3 cosine": {"lr": 1.5e-3, "schedule": "cosine"},
     "lr1e-3 cosine": {"lr": 1e-3, "schedule": "cosine"},
     "lr1.5e-3 wsd": {"lr": 1.5e-3, "schedule": "wsd"},
+    # half the compute per run, two ways: fewer steps, or smaller batches
+    "lr1.5e-3 cosine 60 steps": {"lr": 1.5e-3, "schedule": "cosine", "steps": 60},
+    "lr1.5e-3 cosine batch 8": {"lr": 1.5e-3, "schedule": "cosine", "batch_size": 8},
 }
 
 
@@ -89,7 +93,7 @@ def main() -> None:
     for name in args.recipes.split(","):
         results = {"uniform": [], "taper": []}
         for seed in range(args.seeds):
-            config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=seed, **RECIPES[name])
+            config = TrainConfig(**{"steps": args.steps, "batch_size": args.batch_size, "seed": seed, **RECIPES[name]})
             for label, spec in (("uniform", base), ("taper", taper)):
                 results[label].append(run(spec, data, config, small, large, args.ema))
         secs = statistics.mean(r["train_s"] for r in results["uniform"] + results["taper"])

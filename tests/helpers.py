@@ -28,3 +28,29 @@ def micro_space(corpus: str, name: str = "micro", **changes) -> dict:
     for section, value in changes.items():
         data[section] = {**data.get(section, {}), **value} if isinstance(value, dict) else value
     return data
+
+
+def assert_raced(study, n_min: int, n_max: int) -> int:
+    """Every complete trial ran seeds.min..seeds.max seeds, and every seed past seeds.min was
+    given while its comparison with the incumbent was still open (mean below it, 95% interval
+    reaching it). Returns how many seeds racing added."""
+    from autotaper.search import racing
+    from autotaper.stats import paired
+
+    baselines = {int(k.rsplit("seed", 1)[1]): v["value"] for k, v in study.user_attrs.items()
+                 if k.startswith("baseline/seed")}
+    by_number = {t.number: t for t in study.trials}
+    added = 0
+    for t in study.trials:
+        a = t.user_attrs
+        if a.get("status") != "complete":
+            continue
+        values = a["seed_values"]
+        assert n_min <= len(values) <= n_max, (t.number, values)
+        inc = by_number.get(a["incumbent"]) if isinstance(a["incumbent"], int) else None
+        inc_values = inc.user_attrs["seed_values"] if inc else None
+        for k in range(n_min, len(values)):
+            s = paired(racing.differences(values[:k], [baselines[i] for i in range(k)], inc_values))
+            assert s.mean < 0 and s.ci95[0] <= 0 <= s.ci95[1], (t.number, k)
+            added += 1
+    return added

@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from autotaper.search import leaderboard, parse_space, run_search
-from tests.helpers import micro_space, write_corpus
+from tests.helpers import assert_raced, micro_space, write_corpus
 
 BACKENDS = ["optuna", "ray"]
 
@@ -101,3 +101,22 @@ def test_failed_and_infeasible_trials(search, corpus):
     for t in study.trials:
         if t.user_attrs.get("status") == "infeasible":
             assert t.constraints["budget"] > 0
+
+
+def test_racing_and_confirmation_have_the_same_semantics(search, corpus):
+    """Seeds past seeds.min only while the comparison is open; their baselines trained lazily
+    and stored in the study (a Ray trial reports them back); confirmation on fresh seeds."""
+    space = micro(corpus, proxy={"seeds": {"min": 2, "max": 4}},
+                  search={"sampler": "random", "n_trials": 6, "confirm": {"top_k": 1, "seeds": 2}})
+    url = search(space)
+    study = optuna.load_study(study_name="micro", storage=url)
+    assert_raced(study, 2, 4)
+    most = max(len(t.user_attrs.get("seed_values") or []) for t in study.trials)
+    assert {f"baseline/seed{s}" for s in range(max(3, most))} <= set(study.user_attrs)
+    for t in study.trials:  # every seed a trial ran is stored, whoever trained it
+        for s in range(len(t.user_attrs.get("seed_values") or [])):
+            if t.user_attrs.get("status") == "complete" and t.user_attrs["taper"] != "uniform" \
+                    and t.user_attrs.get("seed_deltas", [0])[s] != 0:
+                assert f"run/{t.user_attrs['spec_key']}/seed{s}" in study.user_attrs
+    conf = leaderboard(url, "micro")["confirmation"]
+    assert conf["seeds"] == [1000, 1001] and conf["candidates"]

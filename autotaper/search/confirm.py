@@ -2,7 +2,8 @@
 
 The best of many noisy candidates is biased low (winner's curse): its proxy-stage effect is
 partly the luck that made it the best. Confirmation retrains the top k complete tapers and
-the paper's default (cosine 1.5 -> 0.5 on ffn) with uniform on `seeds` fresh seeds
+the paper's default (cosine 1.5 -> 0.5 on ffn; the top k are chosen among the others) with
+uniform on `seeds` fresh seeds
 (`CONFIRM_SEED_BASE` + i: disjoint from every search seed), and the final verdict comes from
 those runs alone: a two-sided paired t-test per candidate, Holm's correction over the m
 candidates (family-wise error <= 5%). A taper "beats uniform" only when its corrected test
@@ -34,9 +35,11 @@ class StoredSpace(BaseSpace):
         raise NotImplementedError
 
 
-def pick(study, top_k: int) -> list[dict]:
-    """The top_k complete trials by mean paired delta, one per distinct spec."""
-    rows, seen = [], set()
+def pick(study, top_k: int, *, exclude: set[str] = frozenset()) -> list:
+    """The top_k complete trials by mean paired delta, one per distinct spec, none of whose
+    spec_key is in `exclude` (the paper default, confirmed anyway: so m = top_k + 1 always,
+    and Holm's correction does not depend on where the paper default ranked)."""
+    rows, seen = [], set(exclude)
     done = [t for t in study.get_trials(deepcopy=False)
             if t.user_attrs.get("status") == "complete" and t.user_attrs.get("delta") is not None
             and not t.user_attrs.get("early_stopped")]
@@ -62,21 +65,21 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
     if not isinstance(seeds, int) or isinstance(seeds, bool) or not 2 <= seeds <= 1000:
         raise ValueError(f"confirm.seeds: must be an integer from 2 to 1000 (an interval needs 2), got {seeds!r}")
     ev = make_evaluator(space, data, StudyStore(study))
-    cands: list[dict] = []
-    for t in pick(study, top_k):
-        a = t.user_attrs
-        spec = ModelSpec.from_dict(a["spec"]) if a.get("spec") else solve(
-            ev.base, a["taper"], constraint=space.proxy.constraint, tolerance=space.proxy.tolerance)
-        cands.append({"trial": t.number, "taper": a["taper"], "spec": spec, "proxy_delta": a["delta"],
-                      "proxy_ci95": a.get("ci95"), "proxy_seeds": len(a.get("seed_deltas") or [])})
+    from autotaper.paired import spec_key
+
     try:
         paper = solve_report(ev.base, PAPER_DEFAULT, constraint=space.proxy.constraint,
                              tolerance=space.proxy.tolerance).spec
     except ValueError:
         paper = None
-    from autotaper.paired import spec_key
-
-    if paper is not None and spec_key(paper) not in {spec_key(c["spec"]) for c in cands}:
+    cands: list[dict] = []
+    for t in pick(study, top_k, exclude={spec_key(paper)} if paper is not None else set()):
+        a = t.user_attrs
+        spec = ModelSpec.from_dict(a["spec"]) if a.get("spec") else solve(
+            ev.base, a["taper"], constraint=space.proxy.constraint, tolerance=space.proxy.tolerance)
+        cands.append({"trial": t.number, "taper": a["taper"], "spec": spec, "proxy_delta": a["delta"],
+                      "proxy_ci95": a.get("ci95"), "proxy_seeds": len(a.get("seed_deltas") or [])})
+    if paper is not None:
         trial = next((t for t in study.get_trials(deepcopy=False)
                       if t.user_attrs.get("spec_key") == spec_key(paper) and t.user_attrs.get("delta") is not None),
                      None)

@@ -57,10 +57,14 @@ class Progress:
             if t.number in self.seen or not t.state.is_finished() or t.user_attrs.get("status") == "reference":
                 continue
             self.seen.add(t.number)
-            delta = t.user_attrs.get("delta")
+            a = t.user_attrs
+            delta = a.get("delta")
             d_text = f"{delta:+.4f}" if isinstance(delta, float) else "   n/a "
-            self.bar.write(f"  trial {t.number:>3} {t.state.name.lower():>8} {d_text}  "
-                           f"{t.user_attrs.get('taper', '?')}  {t.user_attrs.get('reason', '')}".rstrip())
+            seeds = len(a.get("seed_deltas") or [])
+            race = {"worse": ", raced out", "better": ", better than the incumbent", "max_seeds": ", at seeds.max"}
+            detail = f"({seeds} seed{'s' * (seeds != 1)}{race.get(a.get('race'), '')})" if seeds else ""
+            self.bar.write(f"  trial {t.number:>3} {t.state.name.lower():>8} {d_text}  {a.get('taper', '?')}  "
+                           f"{detail}  {a.get('reason', '')}".rstrip())
         new = c["done"] - self.bar.n
         if new > 0:
             self.bar.update(new)
