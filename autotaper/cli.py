@@ -256,9 +256,10 @@ def cmd_calibrate(args) -> int:
     p = space.proxy
     in_use = {"search": p.seeds} | ({"racing up to": p.max_seeds} if p.racing else {})
     if space.settings.confirm.enabled:
-        in_use["confirmation"] = space.settings.confirm.seeds
+        in_use["confirmation"] = (space.settings.confirm.seeds, space.settings.confirm.top_k + 1)
     if args.json:
-        out = {**cal.to_dict(), "study": study, "storage": url, "mde": {k: cal.mde(n) for k, n in in_use.items()}}
+        mdes = {k: cal.mde(n[0], alpha=0.05 / n[1]) if isinstance(n, tuple) else cal.mde(n) for k, n in in_use.items()}
+        out = {**cal.to_dict(), "study": study, "storage": url, "mde": mdes}
         if args.target_mde:
             out["seeds_for_target_mde"] = cal.seeds_for(args.target_mde)
         print(json.dumps(out))

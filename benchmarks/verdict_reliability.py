@@ -54,10 +54,12 @@ def race_search(rng, effects, *, n_min, n_max, sd):
     return runs, decisions
 
 
-def confirmed(rng, effects, runs, *, top_k, seeds, sd):
-    """Indices declared "beats uniform" by the confirmation (Holm over top_k + paper default)."""
+def confirmed(rng, effects, runs, decisions, *, top_k, seeds, sd):
+    """Indices declared "beats uniform" by the confirmation (Holm over top_k + paper default),
+    the top k picked as `autotaper.search.confirm.pick` does: racing's survivors first."""
     means = [float(np.mean(r)) for r in runs]
-    picked = sorted(range(1, len(runs)), key=lambda j: means[j])[:top_k] + [0]  # + the paper default
+    order = sorted(range(1, len(runs)), key=lambda j: (decisions[j] == racing.WORSE, means[j]))
+    picked = order[:top_k] + [0]  # + the paper default
     fresh = {j: effects[j] + rng.normal(0.0, sd, seeds) for j in picked}
     tests = {j: stats.paired(fresh[j]) for j in picked}
     _, rejected = stats.holm([tests[j].p for j in picked])
@@ -109,9 +111,9 @@ def main() -> None:
             if scenario != "null":
                 target = int(rng.integers(1, args.trials))
                 effects[target] = size
-            runs, _ = race_search(rng, effects, n_min=args.seeds_min, n_max=args.seeds_max, sd=sd)
+            runs, decisions = race_search(rng, effects, n_min=args.seeds_min, n_max=args.seeds_max, sd=sd)
             seeds_spent.append(sum(len(r) for r in runs))
-            new = confirmed(rng, effects, runs, top_k=args.top_k, seeds=args.confirm_seeds, sd=sd)
+            new = confirmed(rng, effects, runs, decisions, top_k=args.top_k, seeds=args.confirm_seeds, sd=sd)
             old = old_rule(rng, effects, seeds=args.old_seeds, sd=sd)
             if scenario == "null":
                 fp_new += bool(new)

@@ -249,3 +249,23 @@ def test_confirm_of_a_missing_study_is_one_line_exit_2():
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     with pytest.raises(ValueError, match="no study storage"):
         confirm(study_name="nope")
+
+
+def test_the_plan_fits_the_budget_from_the_measured_run_time(corpus):
+    from autotaper.search.plan import make_plan
+
+    space = _space(corpus, proxy={"seeds": {"min": 2, "max": 5}},
+                   search={"n_trials": 50, "confirm": {"top_k": 2, "seeds": 4}})
+    # 10 s per run, 600 s budget, 60 s spent: confirmation (2 + paper + uniform) x 4 = 16 runs =
+    # 160 s; 380 s left for trials of 2 + 3/3 = 3 seeds = 30 s each: 12 trials + 2 references
+    plan = make_plan(space, run_s=10.0, n_trials=50, elapsed_s=60.0, budget_s=600.0)
+    assert (plan.n_trials, plan.confirm_top_k, plan.confirm_seeds, plan.confirm_runs) == (14, 2, 4, 16)
+    assert plan.estimate_s == pytest.approx(600.0, abs=30.0) and plan.trials_timeout_s == pytest.approx(380.0)
+    # a slower machine: the trials give first, then the confirmation shrinks to fit
+    slow = make_plan(space, run_s=40.0, n_trials=50, elapsed_s=60.0, budget_s=600.0)
+    assert slow.n_trials == 2 and slow.confirm_runs * 40.0 <= 540.0 and slow.confirm_seeds >= 2
+    # resuming a study with 20 finished trials: the budget adds to them
+    assert make_plan(space, run_s=10.0, n_trials=50, elapsed_s=60.0, budget_s=600.0, done=20).n_trials == 32
+    # no budget: the space's trials, and an honest estimate
+    free = make_plan(space, run_s=10.0, n_trials=50, elapsed_s=0.0)
+    assert free.n_trials == 50 and free.estimate_s == pytest.approx((48 * 3 + 16) * 10.0)

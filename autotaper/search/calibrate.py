@@ -82,8 +82,9 @@ class Calibration:
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in names})
 
-    def lines(self, seeds_in_use: dict[str, int], *, target_mde: float | None = None) -> list[str]:
-        """A readable noise floor: SDs, then the MDE for each named number of seeds."""
+    def lines(self, seeds_in_use: dict[str, int | tuple[int, int]], *, target_mde: float | None = None) -> list[str]:
+        """A readable noise floor: SDs, then the MDE for each named number of seeds; a value
+        (n, m) is n seeds under Holm's correction over m tests (its first step: 5% / m)."""
         def f(x):
             return "n/a" if x is None else f"{x:.4f}"
 
@@ -93,7 +94,11 @@ class Calibration:
                f"per-seed SD {f(self.per_seed_sd)}; paired-delta SD {f(self.delta_sd)} "
                f"({self.reference_taper or 'no reference'} vs uniform, mean {f(_mean(self.deltas))}); "
                f"run-to-run SD {r2r}"]
-        mdes = [f"{label} {n} seeds: {f(self.mde(n))}" for label, n in seeds_in_use.items()]
+        mdes = []
+        for label, n in seeds_in_use.items():
+            n, m = n if isinstance(n, tuple) else (n, 1)
+            holm = f" (Holm over {m})" if m > 1 else ""
+            mdes.append(f"{label} {n} seeds{holm}: {f(self.mde(n, alpha=stats.ALPHA / m))}")
         if mdes:
             out.append("minimum detectable effect (two-sided 5%, power 80%): " + "; ".join(mdes))
         if target_mde is not None:
@@ -113,8 +118,9 @@ def _mean(xs: Sequence[float]) -> float | None:
 
 
 def measure_noise(study, space: BaseSpace, data, *, lrs: Sequence[float] = (), quiet: bool = True,
-                  refresh: bool = False) -> Calibration:
-    """Calibrate the study's proxy (see the module docstring); cached in the study."""
+                  refresh: bool = False, say=None) -> Calibration:
+    """Calibrate the study's proxy (see the module docstring); cached in the study. `say`
+    receives a line per seed (default: stderr unless quiet)."""
     from autotaper.budget import solve
     from autotaper.search.objective import StudyStore, make_evaluator
     from autotaper.train.trainer import resolve_device
@@ -125,7 +131,8 @@ def measure_noise(study, space: BaseSpace, data, *, lrs: Sequence[float] = (), q
     store = StudyStore(study)
     ev = make_evaluator(space, data, store, quiet=quiet)
     seeds = calibration_seeds(space)
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    if say is None:
+        say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     try:
         reference = solve(ev.base, PAPER_DEFAULT, constraint=space.proxy.constraint, tolerance=space.proxy.tolerance)
     except ValueError:
@@ -147,6 +154,7 @@ def measure_noise(study, space: BaseSpace, data, *, lrs: Sequence[float] = (), q
             if not r.cached:
                 walls.append(r.entry["train_wall_s"])
             ref_values.append(r.value)
+        say(f"  seed {seed}: uniform {uniform[-1]:.4f}" + (f", {reference.taper} {r.delta:+.4f}" if reference else ""))
     device = resolve_device("auto")  # where the proxy trains (TrainConfig.device)
     deterministic = device.type != "cuda"
     repeat = None

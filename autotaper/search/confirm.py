@@ -36,14 +36,16 @@ class StoredSpace(BaseSpace):
 
 
 def pick(study, top_k: int, *, exclude: set[str] = frozenset()) -> list:
-    """The top_k complete trials by mean paired delta, one per distinct spec, none of whose
+    """The top_k complete trials, one per distinct spec, none of whose
     spec_key is in `exclude` (the paper default, confirmed anyway: so m = top_k + 1 always,
     and Holm's correction does not depend on where the paper default ranked)."""
     rows, seen = [], set(exclude)
     done = [t for t in study.get_trials(deepcopy=False)
             if t.user_attrs.get("status") == "complete" and t.user_attrs.get("delta") is not None
             and not t.user_attrs.get("early_stopped")]
-    for t in sorted(done, key=lambda t: (t.user_attrs["delta"], t.number)):
+    # survivors of racing first (a raced-out trial was not better than the incumbent on its
+    # seeds), each group by mean paired delta
+    for t in sorted(done, key=lambda t: (t.user_attrs.get("race") == "worse", t.user_attrs["delta"], t.number)):
         key = t.user_attrs.get("spec_key")
         if key in seen:
             continue

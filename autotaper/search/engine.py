@@ -125,19 +125,15 @@ def prepare_search(study, space: BaseSpace, data, *, n_trials: int, started: flo
     from autotaper.search.calibrate import measure_noise
     from autotaper.search.plan import make_plan
 
-    cal = measure_noise(study, space, data, quiet=True) if study.user_attrs.get("calibration") is None else None
-    if cal is None:
-        from autotaper.search.calibrate import Calibration
-
-        cal = Calibration.from_dict(study.user_attrs["calibration"])
+    cal = measure_noise(study, space, data, say=say)  # read from the study when it holds one
     p = space.proxy
     in_use = {"search": p.seeds} | ({"racing up to": p.max_seeds} if p.racing else {})
     if confirm and space.settings.confirm.enabled:
-        in_use["confirmation"] = space.settings.confirm.seeds
+        in_use["confirmation"] = (space.settings.confirm.seeds, space.settings.confirm.top_k + 1)
     for line in cal.lines(in_use):
         say(line)
     plan = make_plan(space, run_s=cal.run_wall_s, n_trials=n_trials, elapsed_s=time.time() - started,
-                     budget_s=budget_s, confirm=confirm and space.settings.confirm.enabled)
+                     budget_s=budget_s, confirm=confirm and space.settings.confirm.enabled, done=finished(study))
     say(plan.text())
     return cal, plan
 
@@ -190,8 +186,6 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
         f"({len(data.train):,} train / {len(data.val):,} val tokens)")
     if data.note():
         say(data.note())
-    if not study.user_attrs.get("calibration"):
-        say("calibrating: the uniform baseline and the paper default on the first seeds (once per study)")
     budget_s = space.settings.budget_s if budget_s is None else budget_s
     cal, plan = prepare_search(study, space, data, n_trials=n_trials, started=started, budget_s=budget_s,
                                confirm=confirm, say=say)

@@ -38,9 +38,11 @@ class Plan:
     def confirm_runs(self) -> int:
         return (self.confirm_top_k + 2) * self.confirm_seeds if self.confirm_top_k else 0
 
+    done: int = 0
+
     @property
     def estimate_s(self) -> float:
-        trial_runs = max(0, self.n_trials - REFERENCE_TRIALS) * self.seeds_per_trial
+        trial_runs = max(0, self.n_trials - max(self.done, REFERENCE_TRIALS)) * self.seeds_per_trial
         return self.elapsed_s + (trial_runs + self.confirm_runs) * self.run_s
 
     def text(self) -> str:
@@ -59,12 +61,14 @@ def expected_seeds(space: BaseSpace) -> float:
 
 
 def make_plan(space: BaseSpace, *, run_s: float, n_trials: int, elapsed_s: float,
-              budget_s: float | None = None, confirm: bool = True) -> Plan:
+              budget_s: float | None = None, confirm: bool = True, done: int = 0) -> Plan:
+    """`n_trials` is the study's total (references included); `done` of them finished before
+    this command, so a resumed search plans what its budget adds to them."""
     per_trial = expected_seeds(space)
     top_k = space.settings.confirm.top_k if confirm else 0
     seeds = space.settings.confirm.seeds
     if budget_s is None:
-        return Plan(run_s, n_trials, per_trial, top_k, seeds, elapsed_s, None, None)
+        return Plan(run_s, n_trials, per_trial, top_k, seeds, elapsed_s, None, None, done)
     left = budget_s - elapsed_s
 
     def confirm_s(k, n):
@@ -76,6 +80,6 @@ def make_plan(space: BaseSpace, *, run_s: float, n_trials: int, elapsed_s: float
     while seeds > 2 and confirm_s(top_k, seeds) > left:
         seeds -= 1
     trial_s = max(0.0, left - confirm_s(top_k, seeds))
-    fit = REFERENCE_TRIALS + int(math.floor(trial_s / (per_trial * run_s)))
+    fit = max(done, REFERENCE_TRIALS) + int(math.floor(trial_s / (per_trial * run_s)))
     return Plan(run_s, max(REFERENCE_TRIALS, min(n_trials, fit)), per_trial, top_k, seeds, elapsed_s, budget_s,
-                trial_s)
+                trial_s, done)
