@@ -191,7 +191,7 @@ def cmd_compare(args) -> int:
 
 # -- search / results -------------------------------------------------------------------
 def cmd_search(args) -> int:
-    from autotaper.search import load_space, run_search
+    from autotaper.search import run_search
 
     space = _load_space(args)
     budget_s = args.budget

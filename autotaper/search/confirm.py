@@ -131,6 +131,10 @@ def verdict(conf: dict) -> dict:
         if best["proxy_delta"] is not None:
             text += (f"; the search estimated {best['proxy_delta']:+.4f} on {best['proxy_seeds']} seed(s), so "
                      f"confirmation moved it by {best['mean'] - best['proxy_delta']:+.4f} (selection bias removed)")
+        others = [c for c in winners if c is not best]
+        if others:  # which of them is best is not what the test says: name them all
+            text += "; also beats uniform: " + ", ".join(f"{c['taper']} ({c['mean']:+.4f}, 95% CI {ci(c)})"
+                                                          for c in others)
     else:
         best = min(cands, key=lambda c: c["mean"])
         text = (f"no taper beats uniform on {n} fresh seeds (Holm over {m}): the best, {best['taper']}, is "

@@ -21,8 +21,6 @@ per-seed final difference at step = seed index, which is the test's design.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import socket
 import time
@@ -33,7 +31,7 @@ from collections.abc import MutableMapping
 
 from autotaper.budget import solve_report
 from autotaper.cost import count
-from autotaper.paired import BASELINE_KEY, RUN_KEY, PairedEvaluator, metric_key, spec_key
+from autotaper.paired import RUN_KEY, PairedEvaluator, metric_key, spec_key
 from autotaper.search import racing
 from autotaper.search.space import BaseSpace
 from autotaper.spec import ModelSpec
