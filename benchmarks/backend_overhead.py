@@ -30,7 +30,8 @@ from autotaper.search.storage import open_storage  # noqa: E402
 def micro(steps: int, trials: int, preset: str = "tiny") -> dict:
     return {"name": "micro", "proxy": {"preset": preset, "steps": steps, "batch_size": 8, "seeds": 2,
                                        "precision": "fp32"},
-            "search": {"sampler": "random", "pruner": "none", "n_trials": trials},
+            "search": {"sampler": "random", "pruner": "none", "n_trials": trials,
+                       "confirm": False},  # per-trial overhead: confirmation runs on the driver alike
             "taper": {"ffn": {"curve": ["linear", "cosine"], "strength": {"low": -0.5, "high": 0.75}}}}
 
 

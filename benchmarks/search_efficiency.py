@@ -9,8 +9,8 @@
    quickstart space) trial by trial until a complete trial's paired delta falls within (or
    below) the best grid point's interval; once per sampler seed, because how soon TPE
    gets there is itself random.
-Prints the proxy compute (training steps summed over trials and seeds, baselines included
-on both sides) of (2) over (1) for each sampler seed and their median, goal <= 0.4, and the
+Prints the proxy compute (training steps of every run trained: baselines, calibration and
+trial seeds, each once, on both sides; confirmation is left out of both) of (2) over (1) for each sampler seed and their median, goal <= 0.4, and the
 framework overhead: trial wall time outside train() as a share of trial wall time, goal < 5%.
 
 The default proxy is the quickstart's (proxy-xs): on `tiny` the ffn widths are so few
@@ -37,10 +37,12 @@ def steps_used(storage: str, name: str) -> tuple[int, float, float]:
     from autotaper.search.storage import open_storage
 
     study = optuna.load_study(study_name=name, storage=open_storage(storage))
-    steps = sum(study.user_attrs[k]["steps"] for k in study.user_attrs if k.startswith("baseline/"))
+    # every run trained once: the stored ones (baselines, calibration, trial seeds; a reused
+    # run is stored once) and those stopped by the pruner, which are never stored
+    steps = sum(v["steps"] for k, v in study.user_attrs.items() if k.startswith(("baseline/", "run/")))
     wall = train = 0.0
     for t in study.trials:
-        steps += t.user_attrs.get("steps_trained", 0)
+        steps += t.user_attrs.get("steps_unstored", 0)
         if t.user_attrs.get("status") in ("complete", "pruned") and "wall_time_s" in t.user_attrs:
             wall += t.user_attrs["wall_time_s"]
             train += t.user_attrs.get("train_wall_s", 0.0)
@@ -50,7 +52,7 @@ def steps_used(storage: str, name: str) -> tuple[int, float, float]:
 def search_until_found(space, url: str, target: float, max_trials: int):
     """Run the study one trial at a time until a complete trial is at or below `target`."""
     for n in range(3, max_trials + 1):  # the reference and the paper's default come first
-        run_search(space, storage=url, study_name="search", n_trials=n, quiet=True)
+        run_search(space, storage=url, study_name="search", n_trials=n, quiet=True, confirm=False)
         rows = [r for r in leaderboard(url, "search")["trials"] if r["status"] == "complete"]
         hit = [r for r in rows if r["delta_bpb"] <= target]
         if hit:
@@ -71,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         grid = load_space(ROOT / "search_spaces" / "paper_grid.yaml", overrides=proxy)
         g_url = f"sqlite:///{tmp}/grid.db"
-        run_search(grid, storage=g_url, study_name="grid", quiet=True)
+        run_search(grid, storage=g_url, study_name="grid", quiet=True, confirm=False)
         board = leaderboard(g_url, "grid")
         done = [r for r in board["trials"] if r["status"] == "complete"]
         best = min(done, key=lambda r: r["delta_bpb"])

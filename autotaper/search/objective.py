@@ -138,12 +138,14 @@ class Outcome:
     steps_trained: int = 0
     race: str | None = None  # racing's last decision (None without racing)
     reused: int = 0  # seeds whose run the study already held
+    steps_unstored: int = 0  # steps of runs stopped by the pruner: trained, but never stored
 
     def attrs(self, wall_time_s: float) -> dict[str, Any]:
         out = {"status": self.status, "seed_deltas": self.deltas, "seed_values": self.values,
                "train_time_s": self.train_time_s,  # optimizer steps only
                "train_wall_s": self.train_wall_s,  # inside train(): build, steps, evals
-               "steps_trained": self.steps_trained, "wall_time_s": wall_time_s, "seeds_reused": self.reused}
+               "steps_trained": self.steps_trained, "steps_unstored": self.steps_unstored,
+               "wall_time_s": wall_time_s, "seeds_reused": self.reused}
         if self.race:
             out["race"] = self.race
         if self.reason:
@@ -251,6 +253,7 @@ class TaperObjective:
                 out.status, out.reason = "failed", f"diverged on seed {i}: {r.reason}"
                 return out
             if r.status != "complete":
+                out.steps_unstored += r.entry.get("steps", 0)
                 out.status, out.reason = "pruned", f"pruned at seed {i} step {stopped[0] if stopped else '?'}"
                 return out
             out.deltas.append(r.delta)
