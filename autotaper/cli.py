@@ -251,7 +251,8 @@ def cmd_calibrate(args) -> int:
     from autotaper.search.calibrate import calibrate
 
     space = _load_space(args)
-    cal, study, url = calibrate(space, storage=args.storage, study_name=args.study, lrs=args.lr or (),
+    lrs = args.lr if args.lr else ([space.proxy.lr * f for f in (0.5, 2.0)] if args.lr is not None else ())
+    cal, study, url = calibrate(space, storage=args.storage, study_name=args.study, lrs=lrs,
                                 refresh=args.refresh, quiet=args.quiet)
     p = space.proxy
     in_use = {"search": p.seeds} | ({"racing up to": p.max_seeds} if p.racing else {})
@@ -418,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", help="override the space's proxy family")
     p.add_argument("--steps", type=_positive(int), help="override the proxy's training steps")
     p.add_argument("--seeds", type=_seeds, help="override the proxy's paired seeds: N or MIN:MAX")
-    p.add_argument("--lr", type=_floats, help="also sweep uniform at these learning rates, e.g. 1e-3,2e-3,4e-3")
+    p.add_argument("--lr", type=_floats, nargs="?", const=(),
+                   help="also sweep uniform's learning rate: these values (e.g. 1e-3,2e-3,4e-3), or with no "
+                   "value 0.5x, 1x and 2x the proxy's")
     p.add_argument("--target-mde", type=_positive(float), help="print the seeds this MDE needs")
     p.add_argument("--refresh", action="store_true", help="measure again even if the study holds a calibration")
     p.add_argument("--quiet", action="store_true")

@@ -129,7 +129,7 @@ def measure_noise(study, space: BaseSpace, data, *, lrs: Sequence[float] = (), q
     if cached is not None and not refresh and not lrs:
         return Calibration.from_dict(cached)
     store = StudyStore(study)
-    ev = make_evaluator(space, data, store, quiet=quiet)
+    ev = make_evaluator(space, data, store)  # no progress bar per run: a line per seed instead
     seeds = calibration_seeds(space)
     if say is None:
         say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))

@@ -67,8 +67,9 @@ def _trainable(config: dict, space: BaseSpace = None, cpus: float = 1.0) -> None
     data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
     store = MemoryStore(config.get("known"))
     objective = TaperObjective(space, data, store)
-    prep = Prepared(spec=ModelSpec.from_dict(config["spec"]), train=config.get("train") or {},
-                    incumbent=config["incumbent"])
+    prep = Prepared(spec=ModelSpec.from_dict(config["spec"]), train=config.get("train") or {})
+    if config.get("incumbent"):  # experiments restored from before racing carry none: uniform
+        prep.incumbent = config["incumbent"]
     first = []
 
     def report(value: float, step: int) -> bool:
