@@ -269,3 +269,22 @@ def test_the_plan_fits_the_budget_from_the_measured_run_time(corpus):
     # no budget: the space's trials, and an honest estimate
     free = make_plan(space, run_s=10.0, n_trials=50, elapsed_s=0.0)
     assert free.n_trials == 50 and free.estimate_s == pytest.approx((48 * 3 + 16) * 10.0)
+
+
+def test_a_study_made_before_racing_still_opens(corpus):
+    """Its stored space has no proxy.seeds_max: an unchanged space must not be refused."""
+    import optuna
+
+    from autotaper.search.engine import SPACE_ATTR, open_study
+
+    space = _space(corpus, name="old")
+    study, _ = open_study(space, storage=None, study_name="old")
+    identity = study.user_attrs[SPACE_ATTR]
+    del identity["proxy"]["seeds_max"]
+    study.set_user_attr(SPACE_ATTR, identity)
+    open_study(space, storage=None, study_name="old")  # opens
+    racing_space = _space(corpus, name="old", proxy={"seeds": {"min": 2, "max": 4}})
+    with pytest.raises(ValueError, match="different space"):
+        open_study(racing_space, storage=None, study_name="old")
+    assert optuna.load_study(study_name="old", storage="sqlite:///runs/search/old/study.db").user_attrs[SPACE_ATTR] \
+        == identity  # nothing stored was changed by either attempt

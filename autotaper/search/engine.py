@@ -75,11 +75,27 @@ def open_study(space: BaseSpace, *, storage: str | None, study_name: str | None,
     stored = study.user_attrs.get(SPACE_ATTR)
     if stored is None:
         study.set_user_attr(SPACE_ATTR, identity)
-    elif stored != identity:
+    elif _older(stored, identity) != identity:
         diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
         raise ValueError(f"study {name!r} in {url} was created from a different space or proxy "
                          f"({', '.join(diff)} differ); pick a new --study name")
     return study, url
+
+
+def _older(stored: dict, identity: dict) -> dict:
+    """A stored identity with the proxy fields it predates filled with their defaults, so a
+    study made before a field existed (seeds_max) still opens when the space leaves it unset."""
+    import dataclasses
+
+    from autotaper.search.space import Proxy
+
+    proxy = stored.get("proxy")
+    if not isinstance(proxy, dict):
+        return stored
+    defaults = {f.name: f.default for f in dataclasses.fields(Proxy)}
+    filled = {**{k: v for k, v in defaults.items() if k not in proxy and identity.get("proxy", {}).get(k) == v},
+              **proxy}
+    return {**stored, "proxy": filled}
 
 
 def add_references(study, space: BaseSpace, baselines: dict[int, dict], metric: str) -> None:
