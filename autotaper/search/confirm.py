@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from autotaper import stats
-from autotaper.search.space import CONFIRM_SEED_BASE, PAPER_DEFAULT, BaseSpace, Proxy
+from autotaper.search.space import CONFIRM_SEED_BASE, PAPER_DEFAULT, BaseSpace, Confirm, Proxy
 
 CONFIRMATION_ATTR = "confirmation"
 
@@ -59,16 +59,14 @@ def pick(study, top_k: int, *, exclude: set[str] = frozenset()) -> list:
 def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int = 3, quiet: bool = True) -> dict:
     """Confirm a study's best tapers on fresh seeds; the result is stored in the study."""
     from autotaper.budget import solve, solve_report
+    from autotaper.paired import spec_key
     from autotaper.search.objective import StudyStore, make_evaluator
     from autotaper.spec import ModelSpec
 
-    if top_k < 0 or isinstance(top_k, bool):
-        raise ValueError(f"confirm.top_k: must be an integer >= 0, got {top_k!r}")
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or not 2 <= seeds <= 1000:
-        raise ValueError(f"confirm.seeds: must be an integer from 2 to 1000 (an interval needs 2), got {seeds!r}")
+    problems = Confirm(top_k=top_k, seeds=seeds).problems()
+    if problems:
+        raise ValueError("; ".join(p.replace("search.confirm.", "confirm.") for p in problems))
     ev = make_evaluator(space, data, StudyStore(study))
-    from autotaper.paired import spec_key
-
     try:
         paper = solve_report(ev.base, PAPER_DEFAULT, constraint=space.proxy.constraint,
                              tolerance=space.proxy.tolerance).spec
@@ -89,11 +87,12 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
                       "proxy_delta": trial.user_attrs["delta"] if trial else None,
                       "proxy_ci95": trial.user_attrs.get("ci95") if trial else None,
                       "proxy_seeds": len(trial.user_attrs.get("seed_deltas") or []) if trial else 0})
-    fresh = [CONFIRM_SEED_BASE + i for i in range(seeds)]
     if not cands:
         raise ValueError("confirm: the study has no complete taper to confirm")
+    fresh = [CONFIRM_SEED_BASE + i for i in range(seeds)]
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     say(f"confirming {len(cands)} taper(s) against uniform on {seeds} fresh seeds ({fresh[0]}..{fresh[-1]})")
+
     def show(name, r):
         say(f"  seed {r.seed}: {name.rsplit('#', 1)[0]} {r.delta:+.4f}{' (stored)' if r.cached else ''}")
 
