@@ -24,8 +24,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _add_model_args(p: argparse.ArgumentParser, *, taper_required: bool = True) -> None:
-    p.add_argument("--preset", required=True, help="model preset (see `autotaper presets`)")
+def _add_model_args(p: argparse.ArgumentParser, *, taper_required: bool = True, preset_required: bool = True) -> None:
+    p.add_argument("--preset", required=preset_required, help="model preset (see `autotaper presets`)")
     p.add_argument("--family", help="override the preset's family: gpt, llama, gated, or a registered one")
     p.add_argument("--taper", default="uniform" if not taper_required else None,
                    required=taper_required, help="taper text, e.g. ffn:cosine:1.5:0.5 (or 'uniform')")
@@ -52,6 +52,9 @@ def cmd_plan(args) -> int:
     from autotaper.budget import solve_report
 
     sol = solve_report(_baseline(args), args.taper, constraint=args.constraint, tolerance=args.tolerance)
+    if args.out:
+        sol.spec.save(args.out)
+        print(f"spec written to {args.out}: train it with `autotaper train --spec {args.out}`", file=sys.stderr)
     if args.json:
         out = {"preset": args.preset, "family": sol.spec.family, "taper": sol.spec.taper,
                "constraint": args.constraint, "baseline": _side(sol.baseline, sol.baseline_cost),
@@ -138,9 +141,22 @@ def cmd_train(args) -> int:
     from autotaper.train import train
 
     config = _train_config(args, args.seed)
-    data, base = _data_and_baseline(args)
-    spec = solve(base, args.taper, constraint=args.constraint, tolerance=args.tolerance)
-    out = args.out or f"runs/train/{args.preset}-{_slug(spec.taper)}-seed{args.seed}-{args.steps}steps"
+    if args.spec:
+        from autotaper.data import load_data
+        from autotaper.spec import ModelSpec
+
+        if args.preset or args.family or args.taper != "uniform":
+            raise UsageError("autotaper train: --spec gives the whole model; leave out --preset, --family and --taper")
+        spec = ModelSpec.load(args.spec)
+        data = load_data(args.data, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+        name = Path(args.spec).stem
+    elif args.preset:
+        data, base = _data_and_baseline(args)
+        spec = solve(base, args.taper, constraint=args.constraint, tolerance=args.tolerance)
+        name = args.preset
+    else:
+        raise UsageError("autotaper train: give --preset (with --taper) or --spec")
+    out = args.out or f"runs/train/{name}-{_slug(spec.taper)}-seed{args.seed}-{args.steps}steps"
     if args.ray_workers:
         from types import SimpleNamespace
 
@@ -156,7 +172,7 @@ def cmd_train(args) -> int:
         result = train(spec, data, config, out_dir=out, quiet=args.quiet)
         summary = {k: v for k, v in result.to_dict().items() if k != "history"}
     print(f"{result.status}{' (' + result.reason + ')' if result.reason else ''}: {spec.taper} on "
-          f"{args.preset}, {result.steps} steps, seed {args.seed}, corpus {data.name}", file=sys.stderr)
+          f"{name}, {result.steps} steps, seed {args.seed}, corpus {data.name}", file=sys.stderr)
     bpb = "n/a" if result.val_bpb is None else f"{result.val_bpb:.4f}"
     loss = "n/a" if result.val_loss is None or result.val_loss != result.val_loss else f"{result.val_loss:.4f}"
     print(f"val_loss {loss}  val_bpb {bpb}  {result.tokens_per_s:,.0f} tokens/s  "
@@ -363,10 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="solve a taper to the baseline's budget and show it layer by layer")
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", help="also write the solved spec to this JSON file (for `autotaper train --spec`)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("train", help="train one model (a proxy run, or full size with torchrun)")
-    _add_model_args(p, taper_required=False)
+    _add_model_args(p, taper_required=False, preset_required=False)
+    p.add_argument("--spec", help="train this spec file (from `autotaper plan --out`) instead of --preset/--taper")
     _add_train_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run directory (default runs/train/...); an existing run resumes")

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
+
+
+SPEC_FILE_REQUIRED = ("family", "vocab_size", "d_model", "n_layers", "n_heads", "ffn_width", "context_length")
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -122,6 +126,42 @@ class ModelSpec:
         if unknown:
             raise ValueError(f"unknown model spec field(s): {', '.join(unknown)}")
         return cls(**data)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the spec as JSON, atomically (a temporary file, then a rename): the hand-off
+        file `autotaper train --spec` reads."""
+        import os
+        import tempfile
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.to_json(indent=1) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelSpec":
+        """Read a spec file; ValueError naming the file and the field for anything malformed.
+        The shape fields are required: a spec file that left one out would otherwise train a
+        default-sized model without a word."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"spec file {str(path)!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"spec file {str(path)!r}: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"spec file {str(path)!r}: must hold a JSON object, got {type(data).__name__}")
+        missing = [k for k in SPEC_FILE_REQUIRED if k not in data]
+        if missing:
+            raise ValueError(f"spec file {str(path)!r}: missing field(s) {', '.join(missing)}")
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"spec file {str(path)!r}: {e}") from None
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)

@@ -67,3 +67,62 @@ def test_public_api_survives_submodule_imports():
     for name in ("Taper", "ModelSpec", "solve", "count", "build_model", "solve_report", "register_curve"):
         assert not inspect.ismodule(getattr(autotaper, name)), name
     assert callable(autotaper.solve)
+
+
+def test_plan_out_writes_a_spec_file_with_the_baselines_budget(tmp_path, capsys):
+    from autotaper.cost import count
+    from autotaper.spec import ModelSpec
+
+    path = tmp_path / "handoff" / "440m-cosine.json"
+    assert main(["plan", "--preset", "440m", "--taper", "ffn:cosine:1.5:0.5", "--out", str(path)]) == 0
+    spec = ModelSpec.load(path)
+    assert spec.taper == "ffn:cosine:1.5:0.5" and spec.layer_ffn[0] == 5568 and spec.layer_ffn[-1] == 1856
+    assert count(spec).params == count(ModelSpec.from_name("440m")).params == 439_927_808
+    assert count(spec).flops_per_token == count(ModelSpec.from_name("440m")).flops_per_token
+    assert "autotaper train --spec" in capsys.readouterr().err
+
+
+def test_train_spec_trains_what_plan_wrote_as_the_preset_path_does(tmp_path):
+    from tests.helpers import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    env_args = ["--steps", "3", "--batch-size", "4", "--data", str(corpus), "--precision", "fp32", "--quiet", "--json"]
+    spec = tmp_path / "tiny.json"
+    assert run_cli("plan", "--preset", "tiny", "--taper", "ffn:linear:1.4:0.6", "--out", str(spec)).returncode == 0
+    by_spec = run_cli("train", "--spec", str(spec), "--out", str(tmp_path / "a"), *env_args)
+    by_preset = run_cli("train", "--preset", "tiny", "--taper", "ffn:linear:1.4:0.6", "--out", str(tmp_path / "b"),
+                        *env_args)
+    assert by_spec.returncode == 0 and by_preset.returncode == 0, by_spec.stderr + by_preset.stderr
+    a, b = (json.loads(r.stdout.splitlines()[-1]) for r in (by_spec, by_preset))
+    assert a["val_bpb"] == b["val_bpb"] and a["data_fingerprint"] == b["data_fingerprint"] and a["params"] == b["params"]
+
+
+@pytest.mark.parametrize("content, field", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    ('{"family": "llama", "vocab_size": 256, "d_model": 32, "n_layers": 4, "n_heads": 4, "ffn_width": 64}',
+     "context_length"),
+    ('{"family": "llama", "vocab_size": 256, "d_model": 32, "n_layers": 0, "n_heads": 4, "ffn_width": 64, '
+     '"context_length": 32}', "n_layers"),
+    ('{"family": "llama", "vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 4, "ffn_width": 64, '
+     '"context_length": 32, "layer_ffn": [64, 64, 64]}', "layer_ffn"),
+    ('{"family": "llama", "vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 4, "ffn_width": 64, '
+     '"context_length": 32, "widths": [1]}', "widths"),
+    ('{"family": "transformerxl", "vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 4, "ffn_width": 64, '
+     '"context_length": 32}', "transformerxl"),
+])
+def test_train_spec_refuses_a_malformed_spec_file_naming_the_field(tmp_path, content, field):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    out = subprocess.run([sys.executable, "-m", "autotaper", "train", "--spec", "bad.json", "--steps", "1"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and field in out.stderr and "bad.json" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_needs_a_preset_or_a_spec_not_both(tmp_path):
+    neither = run_cli("train", "--steps", "1")
+    assert neither.returncode == 2 and "--preset" in neither.stderr
+    both = run_cli("train", "--spec", "x.json", "--preset", "tiny", "--steps", "1")
+    assert both.returncode == 2 and "--spec gives the whole model" in both.stderr
