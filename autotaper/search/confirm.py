@@ -35,14 +35,18 @@ class StoredSpace(BaseSpace):
         raise NotImplementedError
 
 
+def complete_trials(study) -> list:
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("status") == "complete" and t.user_attrs.get("delta") is not None
+            and not t.user_attrs.get("early_stopped")]
+
+
 def pick(study, top_k: int, *, exclude: set[str] = frozenset()) -> list:
     """The top_k complete trials, one per distinct spec, none of whose
     spec_key is in `exclude` (the paper default, confirmed anyway: so m = top_k + 1 always,
     and Holm's correction does not depend on where the paper default ranked)."""
     rows, seen = [], set(exclude)
-    done = [t for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("status") == "complete" and t.user_attrs.get("delta") is not None
-            and not t.user_attrs.get("early_stopped")]
+    done = complete_trials(study)
     # survivors of racing first (a raced-out trial was not better than the incumbent on its
     # seeds), each group by mean paired delta
     for t in sorted(done, key=lambda t: (t.user_attrs.get("race") == "worse", t.user_attrs["delta"], t.number)):
@@ -107,7 +111,8 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
     sds = [c["sd"] for c in cands if c["sd"] is not None]
     pooled = math.sqrt(sum(x * x for x in sds) / len(sds)) if sds else None
     out = {"seeds": fresh, "metric": ev.key, "candidates": cands, "pooled_sd": pooled,
-           "mde": stats.mde(pooled, seeds, alpha=stats.ALPHA / len(cands)), "m": len(cands)}
+           "mde": stats.mde(pooled, seeds, alpha=stats.ALPHA / len(cands)), "m": len(cands),
+           "complete_trials": len(complete_trials(study))}  # to tell a later reader the study grew since
     out.update(verdict(out))
     study.set_user_attr(CONFIRMATION_ATTR, out)
     return out

@@ -2,7 +2,8 @@
 
 A search runs in stages: calibration (the noise floor, `calibrate.py`), the plan (trials
 that fit a budget, `plan.py`), the trials (raced on paired seeds, `objective.py`), and the
-confirmation of the best on fresh seeds (`confirm.py`). Every study starts with two reference points: the uniform baseline (a trial whose value is
+confirmation of the best on fresh seeds (`confirm.py`). Every study starts with two
+reference points: the uniform baseline (a trial whose value is
 0 by definition, recorded from the cached per-seed baselines) and the paper's cosine
 1.5 -> 0.5 on ffn (enqueued when the space can express it). Re-running the same command
 loads the study, fails trials whose worker died, and runs only the trials still missing

@@ -124,13 +124,14 @@ def load(storage: str | None, study_name: str):
 
 def leaderboard(storage: str | None, study_name: str) -> dict[str, Any]:
     from autotaper.search.calibrate import CALIBRATION_ATTR, Calibration
-    from autotaper.search.confirm import CONFIRMATION_ATTR
+    from autotaper.search.confirm import CONFIRMATION_ATTR, complete_trials
+    from autotaper.search.engine import SPACE_ATTR
 
     study, url = load(storage, study_name)
     rows = rows_of(study)
     attrs = study.user_attrs
     cal = Calibration.from_dict(attrs[CALIBRATION_ATTR]) if attrs.get(CALIBRATION_ATTR) else None
-    proxy = (attrs.get("autotaper/space") or {}).get("proxy") or {}
+    proxy = (attrs.get(SPACE_ATTR) or {}).get("proxy") or {}
     seeds = proxy.get("seeds") or 2
     noise = None
     if cal is not None:
@@ -139,8 +140,14 @@ def leaderboard(storage: str | None, study_name: str) -> dict[str, Any]:
                                                          if (proxy.get("seeds_max") or 0) > seeds else {}))}
     conf = attrs.get(CONFIRMATION_ATTR)
     if conf:
-        final = {"best": None, "taper": conf["winner"], "beats_uniform": conf["beats_uniform"], "text": conf["text"],
-                 "confirmed": True}
+        text = conf["text"]
+        known = conf.get("complete_trials")  # absent in confirmations older than this field
+        grown = len(complete_trials(study)) - known if known is not None else 0
+        if grown > 0:
+            text += (f" [confirmed before {grown} more trial(s) completed: run `autotaper confirm --study "
+                     f"{study_name}` to confirm the current best]")
+        final = {"best": None, "taper": conf["winner"], "beats_uniform": conf["beats_uniform"], "text": text,
+                 "confirmed": True, "stale": grown > 0}
     else:
         final = verdict(rows, mde=noise["mde_search"] if noise else None)
     return {"study": study_name, "storage": url, "trials": rows, "noise": noise, "confirmation": conf,
