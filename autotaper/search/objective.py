@@ -52,7 +52,7 @@ def baseline_spec(space: BaseSpace, data) -> ModelSpec:
     overrides = {"vocab_size": data.vocab_size}
     if space.proxy.family:
         overrides["family"] = space.proxy.family
-    return ModelSpec.from_name(space.proxy.preset, **overrides)
+    return ModelSpec.from_name(space.proxy.preset, **(space.proxy.shape or {}), **overrides)
 
 
 class StudyStore(MutableMapping):

@@ -9,6 +9,10 @@ at once):
              categorical choice, a mapping {low, high[, log][, step]} is a range
     train:   optional non-taper knobs (lr)
 
+and optionally a fifth, `ladder:`, which `autotaper ladder` reads (`autotaper.scale.ladder`)
+and a plain search ignores. `proxy.shape` overrides the preset's shape fields (d_model,
+n_layers, ...), so a proxy need not be a preset.
+
 Per dimension the knobs are `curve` (required; "uniform" in the list lets the search leave
 the dimension alone), then either `start` and `end`, or `strength` and `asymmetry` with
 start = 1 + strength + asymmetry and end = 1 - strength + asymmetry (strength > 0 shrinks
@@ -38,6 +42,7 @@ OBJECTIVES = ("bpb", "tokens_per_s")
 CURVE_OPTIONS = {"sigmoid": ("k",), "power": ("p",), "step": ("early", "late", "mid")}
 DIM_KEYS = {"curve", "start", "end", "strength", "asymmetry", "k", "p", "early", "late", "mid", "multiple"}
 TRAIN_KEYS = {"lr"}
+SHAPE_KEYS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_width", "context_length")
 PAPER_DEFAULT = "ffn:cosine:1.5:0.5"
 CONFIRM_SEED_BASE = 1000  # confirmation trains on seeds 1000, 1001, ...: never a search's
 MAX_SEARCH_SEEDS = CONFIRM_SEED_BASE
@@ -87,6 +92,7 @@ class Proxy:
 
     preset: str = "proxy-xs"
     family: str | None = None
+    shape: dict | None = None  # the preset's shape fields overridden (d_model, n_layers, ...): a ladder's rungs
     steps: int = 150
     batch_size: int = 16
     lr: float = 3e-3
@@ -112,6 +118,7 @@ class Proxy:
             out.append(f"proxy.preset: unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
         if self.family is not None and self.family not in family_names():
             out.append(f"proxy.family: unknown family {self.family!r} (known: {', '.join(family_names())})")
+        out += self.shape_problems()
         for name in ("steps", "batch_size", "seeds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -140,6 +147,23 @@ class Proxy:
             if not Path(self.data).exists():
                 out.append(f"proxy.data: path {self.data!r} does not exist")
         return out
+
+    def shape_problems(self) -> list[str]:
+        if self.shape is None:
+            return []
+        if not isinstance(self.shape, dict):
+            return [f"proxy.shape: must be a mapping of shape fields, got {self.shape!r}"]
+        unknown = sorted(set(self.shape) - set(SHAPE_KEYS))
+        if unknown:
+            return [f"proxy.shape.{unknown[0]}: unknown shape field (known: {', '.join(SHAPE_KEYS)})"]
+        from autotaper.spec import PRESETS, ModelSpec
+
+        if self.preset in PRESETS:
+            try:
+                ModelSpec.from_name(self.preset, **self.shape)
+            except ValueError as e:
+                return [f"proxy.shape: {e}"]
+        return []
 
     def eval_interval(self) -> int:
         return self.eval_every or max(1, self.steps // 4)
@@ -405,7 +429,7 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
     problems: list[str] = []
     if not isinstance(data, dict):
         raise ValueError(f"space {name}: must be a mapping with proxy, search, taper sections")
-    top = {"name", "description", "proxy", "search", "taper", "train"}
+    top = {"name", "description", "proxy", "search", "taper", "train", "ladder"}  # ladder: autotaper.scale
     for key in sorted(set(data) - top):
         problems.append(f"{key}: unknown section (known: {', '.join(sorted(top))})")
 
