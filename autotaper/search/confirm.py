@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 from autotaper import stats
 from autotaper.search.space import CONFIRM_SEED_BASE, PAPER_DEFAULT, BaseSpace, Confirm, Proxy
@@ -46,6 +46,8 @@ def pick(study, top_k: int, *, exclude: set[str] = frozenset()) -> list:
     spec_key is in `exclude` (the paper default, confirmed anyway: so m = top_k + 1 always,
     and Holm's correction does not depend on where the paper default ranked)."""
     rows, seen = [], set(exclude)
+    if top_k <= 0:
+        return rows
     done = complete_trials(study)
     # survivors of racing first (a raced-out trial was not better than the incumbent on its
     # seeds), each group by mean paired delta
@@ -60,8 +62,11 @@ def pick(study, top_k: int, *, exclude: set[str] = frozenset()) -> list:
     return rows
 
 
-def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int = 3, quiet: bool = True) -> dict:
-    """Confirm a study's best tapers on fresh seeds; the result is stored in the study."""
+def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int = 3, quiet: bool = True,
+                  extra: Sequence[str] = ()) -> dict:
+    """Confirm a study's best tapers on fresh seeds; the result is stored in the study.
+    `extra`: more tapers (text) to confirm beside them, e.g. a ladder's shared probe set;
+    each keeps its text as its name, and Holm's correction counts it."""
     from autotaper.budget import solve, solve_report
     from autotaper.paired import spec_key
     from autotaper.search.objective import StudyStore, make_evaluator
@@ -84,10 +89,23 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
         cands.append({"trial": t.number, "taper": a["taper"], "spec": spec, "proxy_delta": a["delta"],
                       "proxy_ci95": a.get("ci95"), "proxy_seeds": len(a.get("seed_deltas") or [])})
     if paper is not None:
-        trial = next((t for t in study.get_trials(deepcopy=False)
-                      if t.user_attrs.get("spec_key") == spec_key(paper) and t.user_attrs.get("delta") is not None),
-                     None)
+        trial = _trial_of(study, spec_key(paper))
         cands.append({"trial": trial.number if trial else None, "taper": paper.taper, "spec": paper,
+                      "proxy_delta": trial.user_attrs["delta"] if trial else None,
+                      "proxy_ci95": trial.user_attrs.get("ci95") if trial else None,
+                      "proxy_seeds": len(trial.user_attrs.get("seed_deltas") or []) if trial else 0})
+    named, skipped = {c["taper"] for c in cands}, {}
+    for text in extra:
+        try:
+            spec = solve(ev.base, text, constraint=space.proxy.constraint, tolerance=space.proxy.tolerance)
+        except ValueError as e:  # e.g. another scale's best cannot meet this one's budget
+            skipped[text] = str(e)
+            continue
+        if spec.taper in named or spec_key(spec) == spec_key(ev.base):
+            continue
+        named.add(spec.taper)
+        trial = _trial_of(study, spec_key(spec))
+        cands.append({"trial": trial.number if trial else None, "taper": spec.taper, "spec": spec,
                       "proxy_delta": trial.user_attrs["delta"] if trial else None,
                       "proxy_ci95": trial.user_attrs.get("ci95") if trial else None,
                       "proxy_seeds": len(trial.user_attrs.get("seed_deltas") or []) if trial else 0})
@@ -112,10 +130,17 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
     pooled = math.sqrt(sum(x * x for x in sds) / len(sds)) if sds else None
     out = {"seeds": fresh, "metric": ev.key, "candidates": cands, "pooled_sd": pooled,
            "mde": stats.mde(pooled, seeds, alpha=stats.ALPHA / len(cands)), "m": len(cands),
-           "complete_trials": len(complete_trials(study))}  # to tell a later reader the study grew since
+           "complete_trials": len(complete_trials(study)),  # to tell a later reader the study grew since
+           "skipped": skipped}
     out.update(verdict(out))
     study.set_user_attr(CONFIRMATION_ATTR, out)
     return out
+
+
+def _trial_of(study, key: str):
+    """The study's trial that measured the spec with this key in the search, if any."""
+    return next((t for t in study.get_trials(deepcopy=False)
+                 if t.user_attrs.get("spec_key") == key and t.user_attrs.get("delta") is not None), None)
 
 
 def verdict(conf: dict) -> dict:

@@ -64,7 +64,7 @@ class Progress:
             race = {"worse": ", raced out", "better": ", better than the incumbent", "max_seeds": ", at seeds.max"}
             detail = f"({seeds} seed{'s' * (seeds != 1)}{race.get(a.get('race'), '')})" if seeds else ""
             self.bar.write(f"  trial {t.number:>3} {t.state.name.lower():>8} {d_text}  {a.get('taper', '?')}  "
-                           f"{detail}  {a.get('reason', '')}".rstrip())
+                           f"{detail}  {a.get('reason', '')}".rstrip(), file=sys.stderr)  # stdout: results only
         new = c["done"] - self.bar.n
         if new > 0:
             self.bar.update(new)
