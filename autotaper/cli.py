@@ -301,6 +301,24 @@ def cmd_confirm(args) -> int:
     return 0
 
 
+def cmd_ladder(args) -> int:
+    from autotaper.scale.ladder import load_ladder, run_ladder, to_text, with_rules
+
+    scales = args.scales.split(",") if args.scales else None
+    space, config = load_ladder(args.space, scales=scales)
+    config = with_rules(config, budget_s=args.budget, seeds=args.seeds, top_k=args.top_k, n_trials=args.n_trials)
+    target = args.target or config.target
+    if not target:
+        raise UsageError("autotaper ladder: give --target (a preset or a spec file), or ladder.target in the space")
+    report = run_ladder(space, config, target=target, storage=args.storage, prefix=args.prefix, out_dir=args.out,
+                        quiet=args.quiet)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(to_text(report))
+    return 0
+
+
 def cmd_results(args) -> int:
     from autotaper.search.results import leaderboard, to_csv, to_table
 
@@ -455,6 +473,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_confirm)
+
+    p = sub.add_parser("ladder", help="one space at several scales: confirmed verdicts per scale, proxy fidelity, "
+                       "the trend, and a spec for the target")
+    p.add_argument("--space", required=True, help="YAML space with a ladder section, e.g. search_spaces/ladder.yaml")
+    p.add_argument("--scales", help="rungs as presets, smallest first (e.g. proxy-xs,proxy-s), instead of the "
+                   "ladder section's")
+    p.add_argument("--target", help="the model to predict for: a preset (e.g. 440m) or a spec file "
+                   "(default: ladder.target)")
+    p.add_argument("--storage", help="one storage for every rung's study (default runs/search/PREFIX-RUNG/)")
+    p.add_argument("--prefix", help="study name prefix (default: the space's name); rerunning resumes every rung")
+    p.add_argument("--budget", type=_duration, help="each rung's search: 600, 10m, 1.5h (default: ladder.budget)")
+    p.add_argument("--n-trials", type=_positive(int), help="each rung's trials (default: ladder.n_trials, else the "
+                   "space's)")
+    p.add_argument("--seeds", type=_positive(int), help="fresh paired seeds of the probe set (default ladder.probe.seeds)")
+    p.add_argument("--top-k", type=_nonnegative_int, help="each rung's best tapers added to the probe set "
+                   "(default ladder.probe.top_k)")
+    p.add_argument("--out", help="directory for ladder.json and the target spec (default runs/ladder/PREFIX)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=cmd_ladder)
 
     p = sub.add_parser("results", help="the leaderboard of a study, with paired intervals and a verdict")
     p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")
