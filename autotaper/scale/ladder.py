@@ -219,7 +219,8 @@ def _trend(per_rung: list[dict], probe: list[str], dims: list[str], target: dict
 
 
 def _trend_text(name: str, fit, trend: tuple, const: tuple) -> str:
-    slopes = "; ".join(f"slope on {a} {v:+.3g} [{lo:+.3g}, {hi:+.3g}]" for a, (v, lo, hi) in fit.slopes().items())
+    g = lambda v: f"{0.0 if abs(v) < 1e-12 else v:+.3g}"  # noqa: E731  (no float dust: +3e-30 is 0)
+    slopes = "; ".join(f"slope on {a} {g(v)} [{g(lo)}, {g(hi)}]" for a, (v, lo, hi) in fit.slopes().items())
     dof = (f"{fit.dof} residual dof" + (f", reduced chi2 {fit.chi2_ratio:.2f}" if fit.chi2_ratio is not None else "")
            if fit.dof else "no residual dof: intervals carry measurement error only")
     dropped = f"; {', '.join(fit.dropped)} varies but too few rungs to fit it" if fit.dropped else ""
