@@ -236,3 +236,13 @@ def test_ladder_refuses_bad_input_with_one_line(tmp_path, ladder_space):
     r = subprocess.run([sys.executable, "-m", "autotaper", "ladder", "--space", str(ladder_space), "--target",
                         "no-such.json"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 2 and "no-such.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_scales_replace_the_rungs_and_keep_the_ladder_rules(ladder_space):
+    from autotaper.scale.ladder import load_ladder
+
+    space, config = load_ladder(ladder_space, scales=["tiny", "proxy-xs"])
+    assert [r.name for r in config.rungs] == ["tiny", "proxy-xs"] and config.rungs[1].preset == "proxy-xs"
+    assert config.rules.tokens_per_param == 0.05 and config.seeds == 2  # from the ladder section
+    with pytest.raises(ValueError, match="at least 2 scales"):
+        load_ladder(ladder_space, scales=["tiny"])

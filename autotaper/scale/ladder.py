@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from autotaper.scale.fidelity import UNIFORM, fidelity
-from autotaper.scale.rungs import LadderConfig, Rung, from_scales, parse_ladder, resolve
+from autotaper.scale.rungs import LadderConfig, Rung, check_scales, parse_ladder, resolve
 from autotaper.scale.trend import best_per_rung, features, fit_trend, held_out
-from autotaper.search.space import PAPER_DEFAULT, YamlSpace, parse_space
+from autotaper.search.space import PAPER_DEFAULT, YamlSpace, parse_space, read_space_file
 
 REVERSE_DEFAULT = "ffn:cosine:0.5:1.5"  # the paper's taper growing with depth instead
 TARGET_BATCH_TOKENS = 2 ** 19  # the paper's 0.5M-token batches, for the printed training command
@@ -42,20 +42,12 @@ TARGET_BATCH_TOKENS = 2 ** 19  # the paper's 0.5M-token batches, for the printed
 def load_ladder(path: str | Path, *, scales: list[str] | None = None) -> tuple[YamlSpace, LadderConfig]:
     """A space YAML and its ladder: the `ladder:` section, or `scales` (presets) with the
     section's rules (or the defaults)."""
-    import yaml
-
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"space: file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"space {path.name}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_space_file(path)
     space = parse_space(data, name=path.stem)
     raw = data.get("ladder")
     if scales:
-        from_scales(scales)  # names checked: presets, at least two, none twice
-        return space, parse_ladder({**(raw or {}), "rungs": list(scales)})
+        return space, parse_ladder({**(raw or {}), "rungs": check_scales(scales)})
     if raw is None:
         raise ValueError(f"space {path.name}: no ladder section; pass --scales PRESET,PRESET,... "
                          f"or add ladder: {{rungs: [...]}}")

@@ -207,8 +207,8 @@ def parse_ladder(raw: Any, *, where: str = "ladder") -> LadderConfig:
                         top_k=top_k, seeds=seeds, budget_s=budget_s, n_trials=n_trials)
 
 
-def from_scales(names: list[str], base: LadderConfig | None = None) -> LadderConfig:
-    """`--scales proxy-xs,proxy-s`: one rung per preset, the rules of `base` (or the defaults)."""
+def check_scales(names: list[str]) -> list[str]:
+    """`--scales proxy-xs,proxy-s`: at least two presets, none twice; one rung each."""
     from autotaper.spec import PRESETS
 
     names = [n.strip() for n in names if n.strip()]
@@ -219,8 +219,7 @@ def from_scales(names: list[str], base: LadderConfig | None = None) -> LadderCon
             raise ValueError(f"--scales: unknown preset {n!r} (known: {', '.join(PRESETS)})")
     if len(set(names)) != len(names):
         raise ValueError(f"--scales: a preset named twice in {','.join(names)!r}")
-    rungs = tuple(RungDef(name=n, preset=n) for n in names)
-    return dataclasses.replace(base, rungs=rungs) if base else LadderConfig(rungs=rungs)
+    return names
 
 
 def resolve(config: LadderConfig, proxy: Proxy, target, *, vocab_size: int) -> list[Rung]:

@@ -570,15 +570,19 @@ def _ratio_problems(dim: str, knobs: dict[str, Knob]) -> list[str]:
     return out
 
 
-def load_space(path: str | Path, *, overrides: dict[str, Any] | None = None) -> YamlSpace:
-    """Read and validate a YAML space; `overrides` replace proxy keys (CLI --preset etc.)."""
+def read_space_file(path: str | Path) -> Any:
+    """The YAML of a space file, with one-line errors for a missing file or bad YAML."""
     import yaml
 
     path = Path(path)
     if not path.exists():
         raise ValueError(f"space: file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"space {path.name}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse_space(data, name=path.stem, overrides=overrides)
+
+
+def load_space(path: str | Path, *, overrides: dict[str, Any] | None = None) -> YamlSpace:
+    """Read and validate a YAML space; `overrides` replace proxy keys (CLI --preset etc.)."""
+    return parse_space(read_space_file(path), name=Path(path).stem, overrides=overrides)
