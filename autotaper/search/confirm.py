@@ -89,11 +89,7 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
         cands.append({"trial": t.number, "taper": a["taper"], "spec": spec, "proxy_delta": a["delta"],
                       "proxy_ci95": a.get("ci95"), "proxy_seeds": len(a.get("seed_deltas") or [])})
     if paper is not None:
-        trial = _trial_of(study, spec_key(paper))
-        cands.append({"trial": trial.number if trial else None, "taper": paper.taper, "spec": paper,
-                      "proxy_delta": trial.user_attrs["delta"] if trial else None,
-                      "proxy_ci95": trial.user_attrs.get("ci95") if trial else None,
-                      "proxy_seeds": len(trial.user_attrs.get("seed_deltas") or []) if trial else 0})
+        cands.append(_candidate(study, paper))
     named, skipped = {c["taper"] for c in cands}, {}
     for text in extra:
         try:
@@ -104,11 +100,7 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
         if spec.taper in named or spec_key(spec) == spec_key(ev.base):
             continue
         named.add(spec.taper)
-        trial = _trial_of(study, spec_key(spec))
-        cands.append({"trial": trial.number if trial else None, "taper": spec.taper, "spec": spec,
-                      "proxy_delta": trial.user_attrs["delta"] if trial else None,
-                      "proxy_ci95": trial.user_attrs.get("ci95") if trial else None,
-                      "proxy_seeds": len(trial.user_attrs.get("seed_deltas") or []) if trial else 0})
+        cands.append(_candidate(study, spec))
     if not cands:
         raise ValueError("confirm: the study has no complete taper to confirm")
     fresh = [CONFIRM_SEED_BASE + i for i in range(seeds)]
@@ -137,10 +129,16 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
     return out
 
 
-def _trial_of(study, key: str):
-    """The study's trial that measured the spec with this key in the search, if any."""
-    return next((t for t in study.get_trials(deepcopy=False)
-                 if t.user_attrs.get("spec_key") == key and t.user_attrs.get("delta") is not None), None)
+def _candidate(study, spec) -> dict:
+    """A taper confirmed by name (the paper default, a probe), with the search's estimate of
+    it when a trial of the study measured the same spec."""
+    from autotaper.paired import spec_key
+
+    trial = next((t for t in study.get_trials(deepcopy=False)
+                  if t.user_attrs.get("spec_key") == spec_key(spec) and t.user_attrs.get("delta") is not None), None)
+    a = trial.user_attrs if trial else {}
+    return {"trial": trial.number if trial else None, "taper": spec.taper, "spec": spec,
+            "proxy_delta": a.get("delta"), "proxy_ci95": a.get("ci95"), "proxy_seeds": len(a.get("seed_deltas") or [])}
 
 
 def verdict(conf: dict) -> dict:
