@@ -374,6 +374,18 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+# -- export -----------------------------------------------------------------------------
+def cmd_export(args) -> int:
+    from autotaper.export import export_hf
+
+    result = export_hf(args.run_dir, args.out, overwrite=args.overwrite, verify=not args.no_verify)
+    if args.json:
+        print(json.dumps(result.__dict__, indent=1))
+    else:
+        print(result.text())
+    return 0
+
+
 def cmd_presets(args) -> int:
     from autotaper.cost import count
     from autotaper.spec import PRESETS, ModelSpec
@@ -501,6 +513,17 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help='{"trials": [...], "verdict": ...}')
     fmt.add_argument("--csv", action="store_true")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("export", help="write a trained run as a Hugging Face folder (config, weights, "
+                       "tokenizer; remote code for tapered models)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory from `autotaper train --out`")
+    p.add_argument("--format", default="hf", choices=["hf"], help="hf: transformers' from_pretrained folder")
+    p.add_argument("out", metavar="OUT", help="the folder to write (refused when it holds files, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT, once the new export has been verified")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip loading OUT back with transformers and comparing its logits with autotaper's")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("presets", help="list the model presets")
     p.set_defaults(func=cmd_presets)

@@ -40,6 +40,7 @@ class TokenData:
     vocab_size: int
     token_bytes: np.ndarray | None  # bytes of text per token id; None for pre-tokenised data
     manifest: dict
+    root: Path | None = None  # the cache folder (holds tokenizer.json for a BPE corpus)
 
     @property
     def name(self) -> str:
@@ -189,7 +190,7 @@ def _open(target: Path) -> TokenData:
     train = np.memmap(target / "train.bin", dtype=np.uint16, mode="r")
     val = np.memmap(target / "val.bin", dtype=np.uint16, mode="r")
     token_bytes = np.load(target / "token_bytes.npy")
-    return TokenData(train, val, int(manifest["tokenizer"]["vocab_size"]), token_bytes, manifest)
+    return TokenData(train, val, int(manifest["tokenizer"]["vocab_size"]), token_bytes, manifest, root=target)
 
 
 def _read_tokens(path: Path) -> np.ndarray:

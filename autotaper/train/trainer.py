@@ -193,6 +193,9 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "spec.json", spec.to_json(indent=1))
         atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1))
+        tokenizer = data.root / "tokenizer.json" if data.root else None
+        if tokenizer is not None and tokenizer.is_file():  # for `autotaper export`
+            atomic_write_text(run_dir / "tokenizer.json", tokenizer.read_text())
     log = _Log(run_dir, start, rank == 0)
 
     train_model = model
