@@ -105,7 +105,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", default="cosine", choices=["cosine", "wsd", "constant"])
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", default="auto")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each block (each distinct layer shape compiles once; the time is "
+                        "reported apart from tokens/s)")
     p.add_argument("--eval-every", type=int, help="steps between evaluations (default: 4 per run)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: end only)")
     p.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl rows")
@@ -176,7 +178,10 @@ def cmd_train(args) -> int:
     bpb = "n/a" if result.val_bpb is None else f"{result.val_bpb:.4f}"
     loss = "n/a" if result.val_loss is None or result.val_loss != result.val_loss else f"{result.val_loss:.4f}"
     print(f"val_loss {loss}  val_bpb {bpb}  {result.tokens_per_s:,.0f} tokens/s  "
-          f"precision {result.precision}  run dir {out}", file=sys.stderr)
+          f"precision {result.precision}"
+          + (f"  compile {result.compile_s:.1f} s (first step)" if getattr(result, "compile_s", None) else "")
+          + f"  run dir {out}", file=sys.stderr)
+    print(f"export it: autotaper export {out} --format hf {out}/hf", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     return 0 if result.status != "diverged" else 1

@@ -207,3 +207,53 @@ def test_sigkilled_cli_run_resumes_to_the_same_numbers(tmp_path, data):
     assert r["resumed_from"] >= 20
     for key in ("val_loss", "val_bpb", "train_loss", "data_fingerprint", "steps"):
         assert r[key] == w[key], key
+
+
+def _has_cpp_compiler() -> bool:
+    import shutil
+
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+@pytest.mark.skipif(not _has_cpp_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_tapered_model_trains_like_eager_and_compiles_each_shape_once(data):
+    """Regional compile: per-step losses match eager within float tolerance; the training graphs
+    compiled equal the distinct block shapes; a second model with those shapes compiles nothing."""
+    from torch._dynamo.utils import counters
+
+    from autotaper.models import build_model
+    from autotaper.train.compile import block_list, block_shape
+
+    spec = solve(ModelSpec.from_name("tiny", n_layers=3), "ffn:linear:1.5:0.5")
+    shapes = {block_shape(b) for b in block_list(build_model(spec))}
+    assert len(shapes) == 3
+
+    def run(**changes):
+        seen = []
+        r = train(spec, data, TrainConfig(**{**cfg(steps=4, eval_every=100).to_dict(), **changes}),
+                  callbacks=[type("Losses", (Callback,), {"on_step": lambda self, step, m: seen.append(m["loss"])})()],
+                  quiet=True)
+        return r, seen
+
+    eager, eager_losses = run()
+    before = counters["stats"]["unique_graphs"]
+    compiled, compiled_losses = run(compile=True)
+    assert counters["stats"]["unique_graphs"] - before == 2 * len(shapes)  # a training and a no_grad graph per shape
+    assert len(compiled_losses) == len(eager_losses) == 4
+    for a, b in zip(compiled_losses, eager_losses):  # step 0's loss and every one after it
+        assert math.isclose(a, b, rel_tol=1e-3), (compiled_losses, eager_losses)
+    assert math.isclose(compiled.val_loss, eager.val_loss, rel_tol=1e-3)
+    assert compiled.compile_s is not None and compiled.compile_s > 0 and eager.compile_s is None
+    before = counters["stats"]["unique_graphs"]
+    again, _ = run(compile=True, seed=1)
+    assert counters["stats"]["unique_graphs"] == before and again.status == "complete"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_compiled_tapered_training_and_divergence_without_per_step_sync(data):
+    spec = solve(ModelSpec.from_name("tiny", n_layers=6), "ffn:cosine:1.5:0.5")
+    r = train(spec, data, cfg(steps=20, device="cuda", compile=True, log_every=10), quiet=True)
+    assert r.status == "complete" and r.compile_s is not None and r.tokens_per_s > 0
+    bad = train(ModelSpec.from_name("tiny"), data, cfg(steps=30, lr=50.0, grad_clip=0.0, warmup_frac=0.0,
+                                                        device="cuda", log_every=10), quiet=True)
+    assert bad.status == "diverged" and bad.steps < 30 and f"step {bad.steps}" in bad.reason

@@ -28,18 +28,19 @@ def evaluate(model: torch.nn.Module, windows: np.ndarray, *, token_bytes: np.nda
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    total_nats, total_tokens, total_bytes = 0.0, 0, 0
+    total_nats, total_tokens, total_bytes = torch.zeros((), dtype=torch.float64, device=device), 0, 0
     for i in range(0, len(windows), batch_size):
         chunk = torch.from_numpy(windows[i: i + batch_size]).to(device)
         x, y = chunk[:, :-1], chunk[:, 1:]
         with autocast_context(device, precision):
             logits = model(x)
         nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
-        total_nats += float(nats)
+        total_nats += nats.double()  # summed on the device: one sync per evaluation, not per batch
         total_tokens += y.numel()
         if token_bytes is not None:
-            total_bytes += int(token_bytes[y.cpu().numpy()].sum())
+            total_bytes += int(token_bytes[windows[i: i + batch_size, 1:]].sum())  # from the host copy
     model.train(was_training)
+    total_nats = float(total_nats)
     loss = total_nats / total_tokens
     bpb = total_nats / (math.log(2) * total_bytes) if total_bytes else None
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)), "val_bpb": bpb}

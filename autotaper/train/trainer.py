@@ -70,6 +70,7 @@ class TrainResult:
     params: int
     flops_per_token: float
     achieved_flops_per_s: float
+    compile_s: float | None = None  # the session's first step, compilation included (None: eager)
     resumed_from: int | None = None
     run_dir: str | None = None
     corpus: dict = field(default_factory=dict)
@@ -203,8 +204,10 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        train_model = torch.compile(train_model)
+    if config.compile:  # per block, in place: the DDP wrapper and checkpoints see the eager names
+        from autotaper.train.compile import compile_blocks
+
+        compile_blocks(model)
     windows = val_windows(data.val, n=config.eval_batches * B, context_length=T)
     limit = config.diverge_loss or 2 * math.log(spec.vocab_size)
 
@@ -230,13 +233,37 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
 
     bar = tqdm(total=config.steps, initial=start, disable=quiet or rank != 0, unit="step",
                dynamic_ncols=True, desc=f"train {spec.taper}", leave=False)
-    status, reason, loss_value, step, session_time = "complete", None, None, start, 0.0
-    model.train()
-    for step in range(start, config.steps):
-        t0 = time.perf_counter()
+    status, reason, loss_value, step, session_time, compile_s = "complete", None, None, start, 0.0, None
+    # No host sync inside a step on CUDA: the loss, the gradient norm and the first step that
+    # went non-finite or over `limit` stay on the device, and are read at check points (log,
+    # eval and checkpoint steps, the last step), where the wall clock is also read, so that
+    # tokens/s counts the GPU's time and not the time to queue its kernels. On CPU every step
+    # is a check point (it costs nothing there), so a divergence stops before its update.
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    bad_loss = torch.zeros((), device=device)
+    pinned = device.type == "cuda"
+
+    def fetch(step: int):
+        """Step `step`'s global batch on the host and this rank's rows on the device, copied from
+        pinned memory without blocking, so it overlaps the step before."""
         batch = sample_batch(data.train, seed=config.seed, step=step, batch_size=B, context_length=T)
+        local = torch.from_numpy(batch[rank * rows: (rank + 1) * rows])
+        if pinned:
+            local = local.pin_memory()
+        return batch, local.to(device, non_blocking=True)
+
+    def is_check(done: int) -> bool:
+        return (device.type != "cuda" or done % config.log_every == 0 or done == config.steps
+                or (config.compile and done == start + 1)  # compile_s: the first step alone
+                or done % config.eval_interval == 0
+                or bool(config.checkpoint_every and done % config.checkpoint_every == 0))
+
+    model.train()
+    upcoming = fetch(start) if start < config.steps else None
+    t0 = time.perf_counter()
+    for step in range(start, config.steps):
+        batch, local = upcoming
         fingerprint = hashlib.sha256(bytes.fromhex(fingerprint) + batch.tobytes()).hexdigest()
-        local = torch.from_numpy(batch[rank * rows: (rank + 1) * rows]).to(device, non_blocking=True)
         lr = config.lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -254,21 +281,36 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
         if world > 1:
             torch.distributed.all_reduce(loss_sum)
             loss_sum /= world
-        loss_value = float(loss_sum)
-        if not math.isfinite(loss_value) or not math.isfinite(float(grad_norm)) or loss_value > limit:
+        bad = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm) | (loss_sum > limit)
+        newly = bad & (first_bad < 0)
+        first_bad = torch.where(newly, step, first_bad)
+        bad_loss = torch.where(newly, loss_sum, bad_loss)
+        done = step + 1
+        check = is_check(done)
+        if check and int(first_bad) >= 0:
+            at, worst = int(first_bad), float(bad_loss)
             status = "diverged"
-            reason = (f"loss {loss_value:.4g} at step {step}" if math.isfinite(loss_value) and loss_value > limit
-                      else f"non-finite loss or gradient at step {step}")
+            reason = (f"loss {worst:.4g} at step {at}" if math.isfinite(worst) and worst > limit
+                      else f"non-finite loss or gradient at step {at}")
+            step, loss_value = at, worst
             optimizer.zero_grad(set_to_none=True)
             break
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - t0
-        train_time += elapsed
-        session_time += elapsed
-        done = step + 1
+        if done < config.steps:
+            upcoming = fetch(done)  # queued behind this step's kernels
+        if check:
+            loss_value = float(loss_sum)  # the sync: everything queued so far has run
+            now = time.perf_counter()
+            elapsed, t0 = now - t0, now
+            if config.compile and compile_s is None:  # the first interval holds the compilation
+                compile_s = elapsed
+            else:
+                train_time += elapsed
+                session_time += elapsed
         if done % config.log_every == 0 or done == config.steps:
-            tok_s = (done - start) * B * T / max(session_time, 1e-9)
+            timed = done - start - (1 if compile_s is not None else 0)
+            tok_s = timed * B * T / session_time if session_time > 0 else 0.0
             log.write({"step": done, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                        "tokens_per_s": tok_s})
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}")
@@ -281,6 +323,8 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
                 status, reason = "stopped", f"stopped by a callback at step {done}"
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
             checkpoint(done)
+        if check:
+            t0 = time.perf_counter()  # evals and checkpoints are not training time
         if status != "complete":
             break
     bar.close()
@@ -298,13 +342,14 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
     if status != "diverged":
         checkpoint(steps_done)
     tokens = steps_done * B * T
-    tok_s = (steps_done - start) * B * T / session_time if session_time > 0 else 0.0
+    timed = steps_done - start - (1 if compile_s is not None else 0)
+    tok_s = timed * B * T / session_time if session_time > 0 else 0.0
     result = TrainResult(
         status=status, reason=reason, steps=steps_done, val_loss=final["val_loss"], val_ppl=final["val_ppl"],
         val_bpb=final["val_bpb"], train_loss=loss_value, tokens=tokens, tokens_per_s=tok_s,
         train_time_s=train_time, data_fingerprint=fingerprint[:32], precision=precision, device=str(device),
         world_size=world, params=cost.params, flops_per_token=cost.flops_per_token,
-        achieved_flops_per_s=tok_s * 3 * cost.flops_per_token, resumed_from=resumed_from,
+        achieved_flops_per_s=tok_s * 3 * cost.flops_per_token, compile_s=compile_s, resumed_from=resumed_from,
         run_dir=str(run_dir) if run_dir else None, corpus=_corpus_summary(data), history=history)
     if run_dir and rank == 0:
         atomic_write_text(run_dir / "summary.json", json.dumps(result.to_dict(), indent=1))
