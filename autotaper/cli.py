@@ -350,6 +350,22 @@ def _positive(kind):
     return parse
 
 
+def _auto_or(kind):
+    def parse(text):
+        return "auto" if text == "auto" else kind(text)
+    return parse
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or auto, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
 def _duration(text: str) -> float:
     from autotaper.search.space import parse_duration
 
@@ -444,7 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="sqlite:///f.db, journal:f.log or postgresql://... "
                    "(default runs/search/STUDY/)")
     p.add_argument("--study", help="study name (default: the space's name); re-running resumes it")
-    p.add_argument("--workers", type=_positive(int), default=1, help="worker processes on this machine")
+    p.add_argument("--workers", type=_auto_or(_positive(int)), default=1,
+                   help="worker processes on this machine, or auto: as many as fit the GPU's memory and "
+                        "the host's cores (one per two cores on a CPU)")
     p.add_argument("--preset", help="override the space's proxy preset")
     p.add_argument("--family", help="override the space's proxy family")
     p.add_argument("--steps", type=_positive(int), help="override the proxy's training steps")
@@ -456,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     ray = p.add_argument_group("ray backend")
     ray.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start one)")
     ray.add_argument("--cpus-per-trial", type=_positive(float), help="default: the space's search.cpus_per_trial (1)")
-    ray.add_argument("--gpus-per-trial", type=float, help="fractions share one GPU (default: the space's, 0)")
+    ray.add_argument("--gpus-per-trial", type=_auto_or(_nonnegative_float),
+                     help="fractions share one GPU; auto: 1 / as many proxies as fit a cluster GPU's memory "
+                          "(default: the space's, 0)")
     ray.add_argument("--max-concurrent", type=_positive(int), help="trials at once (default: as resources allow)")
     ray.add_argument("--tune-storage", help="where Ray Tune keeps its own state (default ~/ray_results/autotaper)")
     p.add_argument("--quiet", action="store_true")

@@ -69,7 +69,12 @@ def test_results_cli_json_csv_and_table(corpus, tmp_path):
     assert set(out["trials"][0]) >= {"taper", "widths", "params_delta", "flops_delta", "delta_bpb", "ci95",
                                      "seeds", "status"}
     csv_text = subprocess.run([*base, "--csv"], capture_output=True, text=True, check=True).stdout
-    assert csv_text.splitlines()[0].startswith("trial,taper,widths") and len(csv_text.splitlines()) == 5
+    # one row per spec: trials whose knobs round to one spec are listed under the row's same_as
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///runs/search/tiny/study.db")
+    specs = {t.user_attrs["spec_key"] for t in study.trials if "spec_key" in t.user_attrs}
+    assert csv_text.splitlines()[0].startswith("trial,taper,widths") and len(csv_text.splitlines()) == 2 + len(specs)
+    shown = {r["trial"] for r in out["trials"]} | {n for r in out["trials"] for n in r["same_as"]}
+    assert shown == {t.number for t in study.trials}
     table = subprocess.run(base, capture_output=True, text=True, check=True).stdout
     assert "verdict:" in table and "reference" in table
     missing = subprocess.run([*base[:-1], "nope"], capture_output=True, text=True)
@@ -164,7 +169,8 @@ def _check_shared_study(storage: str, study_name: str, n_trials: int):
 
 
 def test_two_worker_processes_share_one_journal_study(corpus, tmp_path):
-    data = tiny_space(corpus, proxy={"steps": 20}, search={"n_trials": 6})
+    # a fixed sampler seed: with one seed for both workers, both would propose the same taper
+    data = tiny_space(corpus, proxy={"steps": 20}, search={"n_trials": 6, "seed": 0, "sampler": "random"})
     path = write_space(tmp_path / "space.yaml", data)
     proc = subprocess.run([sys.executable, "-m", "autotaper", "search", "--space", str(path), "--workers", "2",
                            "--quiet", "--json"], capture_output=True, text=True)
@@ -173,6 +179,14 @@ def test_two_worker_processes_share_one_journal_study(corpus, tmp_path):
     assert board["storage"] == "journal:runs/search/tiny/journal.log"
     pids = _check_shared_study(board["storage"], "tiny", 6)
     assert len(pids) == 2, f"trials ran in {pids}, expected both workers"
+    # the two workers never trained one candidate twice (own sampler seeds, constant liar, and
+    # a proposal of a spec the other worker is training yields), and the board shows each once
+    study = optuna.load_study(study_name="tiny", storage=open_storage(board["storage"]))
+    trained = [t.user_attrs["spec_key"] for t in study.trials
+               if t.user_attrs.get("status") in ("complete", "pruned") and t.user_attrs.get("steps_trained")]
+    assert len(trained) == len(set(trained)) and len(trained) >= 2, trained
+    keys = [r["spec_key"] for r in board["trials"] if r["spec_key"]]
+    assert len(keys) == len(set(keys))
 
 
 @pytest.mark.slow
@@ -276,3 +290,19 @@ def test_verdict_picks_a_taper_whose_interval_excludes_zero():
     v = verdict([rows[0], rows[2]])
     assert not v["beats_uniform"] and v["best"] == 1 and "no taper beats uniform" in v["text"]
     assert verdict([])["best"] is None
+
+
+def test_a_proposal_yields_to_a_running_trial_of_the_same_spec():
+    """Rounding maps different knobs to one spec: the later proposal yields while the earlier
+    trial runs, and not once it has finished (its stored runs are reused instead)."""
+    from autotaper.search.objective import running_twin
+
+    study = optuna.create_study()
+    first, second, other = study.ask(), study.ask(), study.ask()
+    for t, key in ((first, "k1"), (second, "k1"), (other, "k2")):
+        t.set_user_attr("spec_key", key)
+    assert running_twin(second, "k1") == first.number
+    assert running_twin(first, "k1") is None  # the earlier one never yields to the later
+    assert running_twin(other, "k2") is None
+    study.tell(first, 0.0)
+    assert running_twin(second, "k1") is None

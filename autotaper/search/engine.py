@@ -26,13 +26,17 @@ from autotaper.search.storage import default_location, fail_dead_trials, open_st
 SPACE_ATTR = "autotaper/space"
 
 
-def make_sampler(space: BaseSpace):
+def make_sampler(space: BaseSpace, *, worker: int = 0, workers: int = 1):
+    """The space's sampler. Parallel workers each get their own seed (space seed + worker
+    index: the same seed would propose the same candidates in every worker), and TPE lies
+    about running trials (constant liar) so that workers spread out."""
     import optuna
 
     s = space.settings
-    seed = s.seed
+    seed = None if s.seed is None else s.seed + worker
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(6, s.n_trials // 3)))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(6, s.n_trials // 3)),
+                                          constant_liar=workers > 1)
     if s.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(2, min(6, s.n_trials // 3)))
     if s.sampler == "cmaes":
@@ -63,14 +67,16 @@ def make_pruner(space: BaseSpace):
     return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
 
 
-def open_study(space: BaseSpace, *, storage: str | None, study_name: str | None, workers: int = 1):
+def open_study(space: BaseSpace, *, storage: str | None, study_name: str | None, workers: int = 1,
+               worker: int = 0):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name or space.name
     url = storage or default_location(name, workers=workers)
     directions = ["minimize", "maximize"] if space.settings.multi_objective else ["minimize"]
-    study = optuna.create_study(storage=open_storage(url), study_name=name, sampler=make_sampler(space),
+    study = optuna.create_study(storage=open_storage(url), study_name=name,
+                                sampler=make_sampler(space, worker=worker, workers=workers),
                                 pruner=make_pruner(space), directions=directions, load_if_exists=True)
     identity = space.identity()
     stored = study.user_attrs.get(SPACE_ATTR)
@@ -156,15 +162,15 @@ def prepare_search(study, space: BaseSpace, data, *, n_trials: int, started: flo
 
 
 def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout: float | None,
-            threads: int) -> None:
-    """One worker process: load the study, run trials until the study holds n_trials."""
+            threads: int, index: int, workers: int) -> None:
+    """Worker `index` of `workers`: load the study, run trials until the study holds n_trials."""
     import optuna
     import torch
 
     from autotaper.data import load_data
 
     torch.set_num_threads(threads)
-    study, _ = open_study(space, storage=url, study_name=study_name, workers=2)
+    study, _ = open_study(space, storage=url, study_name=study_name, workers=workers, worker=index)
     data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
     objective = TaperObjective(space, data, StudyStore(study))
     stop = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
@@ -175,15 +181,23 @@ def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout:
 
 
 def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str | None = None,
-               n_trials: int | None = None, timeout: float | None = None, workers: int = 1,
+               n_trials: int | None = None, timeout: float | None = None, workers: int | str = 1,
                budget_s: float | None = None, confirm: bool = True, quiet: bool = False) -> SearchSummary:
     """Run (or resume) a search: calibrate, plan (to `budget_s`, default the space's
     search.budget), race the trials, confirm the best on fresh seeds (the space's
-    search.confirm; `confirm=False` skips it). Returns where the results are."""
+    search.confirm; `confirm=False` skips it). `workers="auto"` sizes the worker pool from
+    the device (`autotaper.search.workers`). Returns where the results are."""
     from autotaper.data import load_data
 
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if workers == "auto":
+        from autotaper.search.workers import auto_workers
+
+        choice = auto_workers(space)
+        workers = choice.workers
+        say(f"workers: {choice.text()}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be >= 1 or 'auto', got {workers!r}")
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
     n_trials = n_trials or space.settings.n_trials
@@ -192,7 +206,6 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
     started = time.time()
     study, url = open_study(space, storage=storage, study_name=study_name, workers=workers)
     dead = fail_dead_trials(study)
-    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     if dead:
         say(f"marked {len(dead)} interrupted trial(s) failed: {dead}")
     data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
@@ -210,6 +223,8 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
     if plan.trials_timeout_s is not None:
         timeout = min(timeout or math.inf, max(1.0, plan.trials_timeout_s))
     baselines = ensure_baselines(study, space, data, quiet=quiet)
+    if workers > 1 and p.racing:  # every seed racing may add, trained once here, not by racing workers
+        ensure_baselines(study, space, data, quiet=quiet, seeds=range(p.max_seeds))
     add_references(study, space, baselines, metric_key(data))
     from autotaper.search.progress import Progress
 
@@ -227,8 +242,9 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
     else:
         ctx = mp.get_context("spawn")
         threads = max(1, cores // workers)
-        procs = [ctx.Process(target=_worker, args=(space, url, study.study_name, n_trials, timeout, threads))
-                 for _ in range(workers)]
+        procs = [ctx.Process(target=_worker, args=(space, url, study.study_name, n_trials, timeout, threads,
+                                                   i, workers))
+                 for i in range(workers)]
         for p in procs:
             p.start()
         try:

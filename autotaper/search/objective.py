@@ -21,7 +21,9 @@ per-seed final difference at step = seed index, which is the test's design.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -38,6 +40,37 @@ from autotaper.spec import ModelSpec
 from autotaper.stats import paired
 
 INFEASIBLE_PENALTY = 1.0  # bits per byte: worse than any real taper, so samplers steer away
+
+
+class DuplicateCandidate(RuntimeError):
+    """A trial proposed the spec another running trial is evaluating: it ends FAIL (samplers
+    ignore failed trials, and they do not count towards n_trials), so its worker samples again."""
+
+
+_YIELDED: set[int] = set()  # trial numbers of this process that yielded, for the log filter
+
+
+class _QuietYields(logging.Filter):
+    """Optuna logs each failed trial as a warning; a yielded duplicate is not a failure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        m = re.match(r"Trial (\d+) failed", record.getMessage())
+        return not (m and int(m.group(1)) in _YIELDED)
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_QuietYields())
+
+
+def running_twin(trial, key: str) -> int | None:
+    """The lowest-numbered other running trial of the study evaluating the spec `key` from
+    before this one, or None. Each trial writes its spec_key before it asks, so of two trials
+    that ask at once the later-numbered one yields; a rare interleaving lets both start, and
+    the later one yields at its next seed (`TaperObjective.run`), having trained one seed."""
+    from optuna.trial import TrialState
+
+    twins = [t.number for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+             if t.number < trial.number and t.user_attrs.get("spec_key") == key]
+    return min(twins) if twins else None
 
 
 def train_config(space: BaseSpace, seed: int, overrides: dict[str, Any] | None = None):
@@ -107,10 +140,10 @@ def make_evaluator(space: BaseSpace, data, store: MutableMapping, *, quiet: bool
                            store=store, quiet=quiet)
 
 
-def ensure_baselines(study, space: BaseSpace, data, *, quiet: bool = True) -> dict[int, dict]:
-    """The uniform baseline on each of the first `seeds.min` seeds, trained once per study."""
+def ensure_baselines(study, space: BaseSpace, data, *, quiet: bool = True, seeds=None) -> dict[int, dict]:
+    """The uniform baseline on each of `seeds` (default the first `seeds.min`), trained once per study."""
     ev = make_evaluator(space, data, StudyStore(study), quiet=quiet)
-    return {seed: ev.baseline(seed) for seed in range(space.proxy.seeds)}
+    return {seed: ev.baseline(seed) for seed in (range(space.proxy.seeds) if seeds is None else seeds)}
 
 
 @dataclass
@@ -137,6 +170,7 @@ class Outcome:
     train_wall_s: float = 0.0
     steps_trained: int = 0
     race: str | None = None  # racing's last decision (None without racing)
+    twin: int | None = None  # status "duplicate": the running trial evaluating the same spec
     reused: int = 0  # seeds whose run the study already held
     steps_unstored: int = 0  # steps of runs stopped by the pruner: trained, but never stored
 
@@ -171,6 +205,7 @@ class TaperObjective:
         self.key = metric_key(data)
         self.multi = space.settings.multi_objective
         self.pruning = space.settings.pruner != "none" and not self.multi
+        self._yields = 0  # successive duplicate yields of this worker (back-off)
 
     def value(self, delta: float, tokens_per_s: float):
         return (delta, tokens_per_s) if self.multi else delta
@@ -215,10 +250,12 @@ class TaperObjective:
         trial.set_user_attr("incumbent", inc["taper"] if inc["trial"] is None else inc["trial"])
         return Prepared(spec=spec, train=dict(cand.train), incumbent=inc, known=known)
 
-    def run(self, prep: Prepared, report: Callable[[float, int], bool]) -> Outcome:
+    def run(self, prep: Prepared, report: Callable[[float, int], bool],
+            twin: Callable[[], int | None] | None = None) -> Outcome:
         """Train seed by seed, racing after seeds.min. `report(value, step)` receives the
         running paired mean at each evaluation (or, for Wilcoxon, each seed's difference at
-        step = seed index) and returns True to stop the trial."""
+        step = seed index) and returns True to stop the trial. `twin()`, asked before every
+        seed after the first, names a running trial of the same spec to yield to."""
         p = self.space.proxy
         ev = make_evaluator(self.space, self.data, self.store)
         out = Outcome("complete")
@@ -230,6 +267,9 @@ class TaperObjective:
                 out.race = racing.decide(diffs, i, n_min=p.seeds, n_max=p.max_seeds)
                 if out.race != racing.CONTINUE:
                     break
+            if i and twin is not None and (other := twin()) is not None:
+                out.status, out.twin = "duplicate", other
+                return out
             base = ev.baseline(i)
             stopped = []
 
@@ -280,16 +320,33 @@ class TaperObjective:
         prep = self.prepare(trial)
         if prep.infeasible:
             return self.value(INFEASIBLE_PENALTY, 0.0)
+        key = trial.user_attrs["spec_key"]
+        if (other := running_twin(trial, key)) is not None:
+            self._yield(trial, other)
 
         def report(value: float, step: int) -> bool:
             trial.report(value, step=step)
             return trial.should_prune()
 
-        out = self.run(prep, report)
+        out = self.run(prep, report, twin=lambda: running_twin(trial, key))
         for k, v in out.attrs(time.perf_counter() - started).items():
             trial.set_user_attr(k, v)
+        if out.status == "duplicate":
+            self._yield(trial, out.twin)
+        self._yields = 0
         if out.status == "failed":
             raise RuntimeError(out.reason)
         if out.status == "pruned":
             raise optuna.TrialPruned(out.reason)
         return self.value(sum(out.deltas) / len(out.deltas), sum(out.speeds) / len(out.speeds))
+
+    def _yield(self, trial, other: int) -> None:
+        """End `trial` as a duplicate of the running trial `other` (see DuplicateCandidate).
+        Successive yields of one worker back off (0.2 s doubling to 5 s), so a worker whose
+        space is exhausted waits for the running trials instead of spinning."""
+        trial.set_user_attr("status", "duplicate")
+        trial.set_user_attr("duplicate_of", other)
+        _YIELDED.add(trial.number)
+        self._yields += 1
+        time.sleep(min(5.0, 0.1 * 2 ** self._yields))
+        raise DuplicateCandidate(f"trial {trial.number} proposed the spec trial {other} is evaluating")

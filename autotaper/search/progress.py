@@ -21,9 +21,12 @@ class Progress:
     def _counts(self) -> dict:
         from optuna.trial import TrialState
 
-        c = {"done": 0, "pruned": 0, "failed": 0, "infeasible": 0, "best": None}
+        c = {"done": 0, "pruned": 0, "failed": 0, "infeasible": 0, "duplicates": 0, "best": None}
         for t in self.study.get_trials(deepcopy=False):
             status = t.user_attrs.get("status")
+            if status == "duplicate":
+                c["duplicates"] += 1
+                continue
             if t.state == TrialState.COMPLETE or t.state == TrialState.PRUNED:
                 c["done"] += 1
             if t.state == TrialState.PRUNED:
@@ -40,6 +43,8 @@ class Progress:
     def _line(self, c: dict) -> str:
         best = c["best"]
         text = f"pruned {c['pruned']} failed {c['failed']} infeasible {c['infeasible']}"
+        if c["duplicates"]:
+            text += f" duplicates {c['duplicates']}"
         if best is not None:
             ci = best.user_attrs.get("ci95")
             ci_text = f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""
@@ -54,7 +59,8 @@ class Progress:
             return
         c = self._counts()
         for t in self.study.get_trials(deepcopy=False):
-            if t.number in self.seen or not t.state.is_finished() or t.user_attrs.get("status") == "reference":
+            if t.number in self.seen or not t.state.is_finished() or t.user_attrs.get("status") in ("reference",
+                                                                                                    "duplicate"):
                 continue
             self.seen.add(t.number)
             a = t.user_attrs

@@ -38,12 +38,13 @@ from typing import Any
 
 from autotaper.search.engine import SearchSummary, add_references, finish_search, finished, open_study, prepare_search
 from autotaper.search.objective import (INFEASIBLE_PENALTY, MemoryStore, TaperObjective, ensure_baselines,
-                                        metric_key)
+                                        metric_key, running_twin)
 from autotaper.search.space import BaseSpace
 
 METRIC = "delta_bpb"
 NEW_RUNS = "new_runs"  # runs a trial trained that the study lacked: written there by the driver
 MAX_FAILURES = 2
+MAX_ROUNDS = 5  # Tune experiments per search (see the duplicates note in run_ray_search)
 
 
 def _trainable(config: dict, space: BaseSpace = None, cpus: float = 1.0) -> None:
@@ -60,6 +61,10 @@ def _trainable(config: dict, space: BaseSpace = None, cpus: float = 1.0) -> None
     started = time.perf_counter()
     node = {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
     steps_total = space.proxy.steps * space.proxy.max_seeds
+    if config.get("duplicate_of") is not None:
+        tune.report({METRIC: INFEASIBLE_PENALTY, "tokens_per_s": 0.0, "step": steps_total, "final": True,
+                     "attrs": {"status": "duplicate", "duplicate_of": config["duplicate_of"], **node}})
+        return
     if config.get("infeasible"):
         tune.report({METRIC: INFEASIBLE_PENALTY, "tokens_per_s": 0.0, "step": steps_total, "final": True,
                      "attrs": {"status": "infeasible", **node}})
@@ -132,7 +137,7 @@ def _study_search_class():
                     ot.set_user_attr("status", "failed")
                     ot.set_user_attr("reason", _error_reason(self._paths.get(trial_id)))
                     self._ot_study.tell(ot, state=optuna.trial.TrialState.FAIL)
-                elif status == "failed":
+                elif status in ("failed", "duplicate"):
                     self._ot_study.tell(ot, state=optuna.trial.TrialState.FAIL)
                 elif status in ("complete", "infeasible") and result.get("final"):
                     values = [result[m] for m in self.metric] if isinstance(self.metric, list) else result[self.metric]
@@ -203,6 +208,13 @@ class _Define:
         prep = self._objective.prepare(trial)
         if prep.infeasible:
             return {"infeasible": True}
+        # The driver prepares trials one at a time, so this check is exact: a spec that a running
+        # trial is training is not trained twice (the trial ends FAIL, as a duplicate).
+        twin = running_twin(trial, trial.user_attrs["spec_key"])
+        if twin is not None:
+            trial.set_user_attr("status", "duplicate")
+            trial.set_user_attr("duplicate_of", twin)
+            return {"duplicate_of": twin}
         return {"spec": prep.spec.to_dict(), "train": prep.train, "incumbent": prep.incumbent, "known": prep.known}
 
 
@@ -238,7 +250,7 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
     cpus_per_trial = space.settings.cpus_per_trial if cpus_per_trial is None else cpus_per_trial
     gpus_per_trial = space.settings.gpus_per_trial if gpus_per_trial is None else gpus_per_trial
     max_concurrent = space.settings.max_concurrent if max_concurrent is None else max_concurrent
-    if gpus_per_trial < 0 or cpus_per_trial <= 0:
+    if gpus_per_trial != "auto" and (gpus_per_trial < 0 or cpus_per_trial <= 0):
         raise ValueError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
                          f"{cpus_per_trial} and {gpus_per_trial}")
     n_trials = n_trials or space.settings.n_trials
@@ -266,6 +278,10 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
             say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
             from autotaper.search.calibrate import calibration_seeds
 
+            if gpus_per_trial == "auto":
+                gpus_per_trial = auto_gpu_share(space)
+                say(f"gpus_per_trial auto: {gpus_per_trial:.4g}"
+                    + (f" ({round(1 / gpus_per_trial)} proxy trials per GPU)" if gpus_per_trial else " (no GPU)"))
             _baselines_on_cluster(study, space, data, cpus_per_trial, gpus_per_trial, calibration_seeds(space))
             budget_s = space.settings.budget_s if budget_s is None else budget_s
             cal, plan = prepare_search(study, space, data, n_trials=n_trials, started=started, budget_s=budget_s,
@@ -280,10 +296,6 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
             metric = [METRIC, "tokens_per_s"] if multi else METRIC
             mode = ["min", "max"] if multi else "min"
             paths: dict[str, str] = {}
-            searcher = _study_search_class()(space=_Define(space, objective), metric=metric, mode=mode,
-                                             sampler=study.sampler, study_name=study.study_name,
-                                             storage=study._storage, paths=paths)
-            scheduler = _scheduler(space)
             trainable = tune.with_resources(
                 tune.with_parameters(_trainable, space=space, cpus=cpus_per_trial),
                 {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
@@ -293,19 +305,32 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
             if last and tune.Tuner.can_restore(last):
                 say(f"restoring the Ray Tune experiment in {last}")
                 tune.Tuner.restore(last, trainable=trainable, resume_errored=True).fit()
-            remaining = max(0, n_trials - finished(study))
-            if remaining:
-                name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            # A proposal of a spec that a running trial trains ends as a duplicate and uses up one
+            # of Tune's samples: the samples still missing run in another experiment, while the
+            # rounds make progress.
+            deadline = time.time() + timeout if timeout else None
+            for round_ in range(MAX_ROUNDS):
+                remaining = max(0, n_trials - finished(study))
+                left = None if deadline is None else deadline - time.time()
+                if not remaining or (left is not None and left < 1):
+                    break
+                before = finished(study)
+                searcher = _study_search_class()(space=_Define(space, objective), metric=metric, mode=mode,
+                                                 sampler=study.sampler, study_name=study.study_name,
+                                                 storage=study._storage, paths=paths)
+                name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-{round_}" if round_ else "")
                 study.set_user_attr("ray/experiment", str(root / name))
                 tuner = tune.Tuner(
                     trainable,
-                    tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                                max_concurrent_trials=max_concurrent, time_budget_s=timeout,
+                    tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space), num_samples=remaining,
+                                                max_concurrent_trials=max_concurrent, time_budget_s=left,
                                                 **({} if multi else {"metric": METRIC, "mode": "min"})),
                     run_config=tune.RunConfig(name=name, storage_path=str(root),
                                               failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                                               callbacks=[_paths_callback(paths)], verbose=0 if quiet else 1))
                 tuner.fit()  # the leaderboard reads the study, not the ResultGrid (constraints, early stops)
+                if finished(study) == before:
+                    break
             confirmation = finish_search(study, space, data, confirm=confirm, say=say, quiet=quiet)
     finally:
         if ours:
@@ -328,6 +353,25 @@ def _scheduler(space: BaseSpace):
     # median and wilcoxon map to ASHA, Tune's asynchronous early stopping
     return ASHAScheduler(time_attr="step", max_t=p.steps * p.max_seeds,
                          grace_period=max(p.eval_interval(), p.steps // 2), reduction_factor=3)
+
+
+def _gpu_memory() -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory
+
+
+def auto_gpu_share(space: BaseSpace) -> float:
+    """`gpus_per_trial: auto`: 0 on a cluster without GPUs; else 1 / the proxies that fit the
+    memory of a cluster GPU, measured by a one-GPU task (`search.workers.gpu_share`)."""
+    import ray
+
+    from autotaper.search.workers import gpu_share
+
+    if not ray.cluster_resources().get("GPU", 0):
+        return 0.0
+    memory = ray.get(ray.remote(num_gpus=1, num_cpus=0)(_gpu_memory).remote())
+    return gpu_share(space, memory)
 
 
 def _baselines_on_cluster(study, space: BaseSpace, data, cpus: float, gpus: float, seeds) -> None:

@@ -27,8 +27,8 @@ def _status(t) -> str:
     from optuna.trial import TrialState
 
     attr = t.user_attrs.get("status")
-    if attr == "reference":
-        return "reference"
+    if attr in ("reference", "duplicate"):
+        return attr
     if t.state == TrialState.COMPLETE:
         return "infeasible" if attr == "infeasible" else "complete"
     return {TrialState.PRUNED: "pruned", TrialState.FAIL: "failed", TrialState.RUNNING: "running",
@@ -46,11 +46,17 @@ def _widths(layers: dict | None) -> str:
 
 
 def rows_of(study) -> list[dict[str, Any]]:
+    """One row per candidate: a spec evaluated by several trials (knob settings that round to
+    the same widths, or workers that proposed it at once) is shown once, as the trial with the
+    most seeds, with the others under `same_as`; proposals that yielded to a running trial of
+    the same spec (status duplicate) are not rows."""
     rows = []
     reference_seen = False
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
         status = _status(t)
+        if status == "duplicate":
+            continue
         if status == "reference":
             # workers that start together may each record the reference: show it once
             if reference_seen:
@@ -63,14 +69,29 @@ def rows_of(study) -> list[dict[str, Any]]:
             "seeds": len(a.get("seed_deltas") or []), "status": status,
             "early_stopped": bool(a.get("early_stopped", False)),
             "tokens_per_s": a.get("tokens_per_s"), "reason": a.get("reason") or t.system_attrs.get("fail_reason"),
-            "backend": a.get("backend", "optuna"), "race": a.get("race"),
+            "backend": a.get("backend", "optuna"), "race": a.get("race"), "spec_key": a.get("spec_key"),
+            "same_as": [],
         })
+    rows = _once_per_spec(rows)
 
     def key(r):
         d = r["delta_bpb"]
         return (ORDER.get(r["status"], 9), d if isinstance(d, (int, float)) else math.inf, r["trial"])
 
     return sorted(rows, key=key)
+
+
+def _once_per_spec(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["spec_key"] and r["status"] in ("complete", "pruned"):
+            groups.setdefault(r["spec_key"], []).append(r)
+    drop = set()
+    for members in groups.values():
+        keep = max(members, key=lambda r: (r["status"] == "complete", r["seeds"], -r["trial"]))
+        keep["same_as"] = sorted(r["trial"] for r in members if r is not keep)
+        drop.update(id(r) for r in members if r is not keep)
+    return [r for r in rows if id(r) not in drop]
 
 
 def verdict(rows: list[dict[str, Any]], *, mde: float | None = None) -> dict[str, Any]:
@@ -150,8 +171,9 @@ def leaderboard(storage: str | None, study_name: str) -> dict[str, Any]:
                  "confirmed": True, "stale": grown > 0}
     else:
         final = verdict(rows, mde=noise["mde_search"] if noise else None)
+    duplicates = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "duplicate")
     return {"study": study_name, "storage": url, "trials": rows, "noise": noise, "confirmation": conf,
-            "verdict": final}
+            "verdict": final, "duplicates": duplicates}
 
 
 def confirmation_lines(conf: dict) -> list[str]:
@@ -193,8 +215,12 @@ def to_table(board: dict[str, Any]) -> str:
         status = r["status"] + ("*" if r["early_stopped"] else "") + (RACE_MARK.get(r.get("race")) or "")
         extra = f"  [{r['widths']}]" if r["widths"] and r["widths"] != "uniform" else ""
         reason = f"  ({r['reason']})" if r["reason"] and r["status"] in ("failed", "infeasible") else ""
+        same = f"  (same spec as trial {', '.join(map(str, r['same_as']))})" if r.get("same_as") else ""
         lines.append(f"{r['trial']:>5} {status:<10} {d:>10} {ci:>21} {r['seeds']:>5} {pd:>8} {fd:>8}  "
-                     f"{r['taper']}{extra}{reason}")
+                     f"{r['taper']}{extra}{same}{reason}")
+    if board.get("duplicates"):
+        lines.append(f"{board['duplicates']} proposal(s) of a spec another worker was training were not trained "
+                     f"(status duplicate; not shown)")
     if any(r["early_stopped"] for r in board["trials"]):
         lines.append("* stopped early by the scheduler: its value is not final")
     if any(r.get("race") in RACE_MARK for r in board["trials"]):

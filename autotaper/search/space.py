@@ -188,7 +188,7 @@ class Settings:
     objectives: tuple[str, ...] = ("bpb",)
     seed: int = 0
     cpus_per_trial: float = 1.0  # Ray backend: resources per trial (fractions of a GPU share it)
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | str = 0.0  # "auto": 1 / proxies that fit a cluster GPU (search.workers)
     max_concurrent: int | None = None
     confirm: Confirm = Confirm()
     budget_s: float | None = None  # wall-clock plan for the whole search (calibration, trials, confirmation)
@@ -206,8 +206,10 @@ class Settings:
             out.append(f"search.objectives: must be [bpb] or [bpb, tokens_per_s], got {objs!r}")
         if not (isinstance(self.cpus_per_trial, (int, float)) and self.cpus_per_trial > 0):
             out.append(f"search.cpus_per_trial: must be > 0, got {self.cpus_per_trial!r}")
-        if not (isinstance(self.gpus_per_trial, (int, float)) and self.gpus_per_trial >= 0):
-            out.append(f"search.gpus_per_trial: must be >= 0, got {self.gpus_per_trial!r}")
+        if not (self.gpus_per_trial == "auto" or (isinstance(self.gpus_per_trial, (int, float))
+                                                   and not isinstance(self.gpus_per_trial, bool)
+                                                   and self.gpus_per_trial >= 0)):
+            out.append(f"search.gpus_per_trial: must be >= 0 or auto, got {self.gpus_per_trial!r}")
         if self.max_concurrent is not None and (not isinstance(self.max_concurrent, int) or self.max_concurrent < 1):
             out.append(f"search.max_concurrent: must be a positive integer, got {self.max_concurrent!r}")
         out += self.confirm.problems()
