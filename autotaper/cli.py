@@ -181,7 +181,8 @@ def cmd_train(args) -> int:
           f"precision {result.precision}"
           + (f"  compile {result.compile_s:.1f} s (first step)" if getattr(result, "compile_s", None) else "")
           + f"  run dir {out}", file=sys.stderr)
-    print(f"export it: autotaper export {out} --format hf {out}/hf", file=sys.stderr)
+    if result.status != "diverged" and not args.ray_workers:
+        print(f"export it: autotaper export {out} --format hf {out}/hf", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     return 0 if result.status != "diverged" else 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 
 from autotaper.search import FunctionSpace, Proxy, Settings, leaderboard, load_space, parse_space, run_search
@@ -306,3 +307,30 @@ def test_a_proposal_yields_to_a_running_trial_of_the_same_spec():
     assert running_twin(other, "k2") is None
     study.tell(first, 0.0)
     assert running_twin(second, "k1") is None
+
+
+def test_workers_auto_sizes_the_pool_from_the_device_and_says_so(corpus, capsys):
+    """On a CPU: one worker per two cores (each with two threads); the choice is printed."""
+    space = parse_space(tiny_space(corpus, search={"n_trials": 2}))
+    run_search(space, workers="auto", quiet=False, confirm=False)
+    err = capsys.readouterr().err
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    assert f"workers: {expected} on cpu ({os.cpu_count()} cores" in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_memory_estimate_bounds_what_a_proxy_uses_on_cuda(corpus):
+    """auto_workers divides the GPU by `training_bytes`: it must not underestimate a real
+    training's peak (or workers run out of memory), nor overstate it threefold (or the GPU idles)."""
+    from autotaper.data import load_data
+    from autotaper.search.workers import CUDA_CONTEXT_BYTES, training_bytes
+    from autotaper.train import TrainConfig, train
+
+    from autotaper.spec import ModelSpec
+
+    spec = ModelSpec.from_name("proxy-xs")
+    torch.cuda.reset_peak_memory_stats()
+    train(spec, load_data(corpus), TrainConfig(steps=3, batch_size=16, device="cuda"), quiet=True)
+    peak = torch.cuda.max_memory_allocated()
+    estimate = training_bytes(spec, 16, "bf16") - CUDA_CONTEXT_BYTES
+    assert peak <= estimate <= 3 * peak, (peak, estimate)

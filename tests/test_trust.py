@@ -243,6 +243,9 @@ def test_bad_seeds_confirm_and_budget_settings_are_refused_with_the_field_named(
 @pytest.mark.parametrize("args, field", [
     (["search", "--space", "x.yaml", "--seeds", "3:2"], "--seeds"),
     (["search", "--space", "x.yaml", "--budget", "soon"], "--budget"),
+    (["search", "--space", "x.yaml", "--workers", "0"], "--workers"),
+    (["search", "--space", "x.yaml", "--workers", "many"], "--workers"),
+    (["search", "--space", "x.yaml", "--backend", "ray", "--gpus-per-trial", "-0.5"], "--gpus-per-trial"),
     (["confirm", "--study", "s", "--seeds", "0"], "--seeds"),
     (["confirm", "--study", "s", "--top-k", "-2"], "--top-k"),
 ])
