@@ -229,6 +229,7 @@ def test_calibrate_on_tiny_gives_finite_sds_and_an_mde(corpus, tmp_path):
     ({"search": {"confirm": {"seeds": 1}}}, "search.confirm.seeds"),
     ({"search": {"confirm": {"tops": 2}}}, "search.confirm"),
     ({"search": {"budget": "ten minutes"}}, "search.budget"),
+    ({"proxy": {"compile": "yes"}}, "proxy.compile"),
 ])
 def test_bad_seeds_confirm_and_budget_settings_are_refused_with_the_field_named(corpus, tmp_path, change, field):
     path = tmp_path / "bad.yaml"

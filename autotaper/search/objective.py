@@ -78,7 +78,8 @@ def train_config(space: BaseSpace, seed: int, overrides: dict[str, Any] | None =
 
     p = space.proxy
     return TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=float((overrides or {}).get("lr", p.lr)),
-                       seed=seed, eval_every=p.eval_interval(), precision=p.precision, schedule=p.schedule)
+                       seed=seed, eval_every=p.eval_interval(), precision=p.precision, schedule=p.schedule,
+                       compile=p.compile)
 
 
 def baseline_spec(space: BaseSpace, data) -> ModelSpec:

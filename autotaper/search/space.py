@@ -106,6 +106,7 @@ class Proxy:
     eval_every: int | None = None
     precision: str = "auto"
     schedule: str = "cosine"
+    compile: bool = False  # torch.compile per block (`autotaper.train.compile`): for large proxies on a GPU
 
     def problems(self) -> list[str]:
         from autotaper.families import family_names
@@ -119,6 +120,8 @@ class Proxy:
         if self.family is not None and self.family not in family_names():
             out.append(f"proxy.family: unknown family {self.family!r} (known: {', '.join(family_names())})")
         out += self.shape_problems()
+        if not isinstance(self.compile, bool):
+            out.append(f"proxy.compile: must be true or false, got {self.compile!r}")
         for name in ("steps", "batch_size", "seeds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
