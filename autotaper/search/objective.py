@@ -61,15 +61,20 @@ class _QuietYields(logging.Filter):
 logging.getLogger("optuna.study._optimize").addFilter(_QuietYields())
 
 
-def running_twin(trial, key: str) -> int | None:
+def running_twin(trial, key: str, among: set[int] | None = None) -> int | None:
     """The lowest-numbered other running trial of the study evaluating the spec `key` from
     before this one, or None. Each trial writes its spec_key before it asks, so of two trials
     that ask at once the later-numbered one yields; a rare interleaving lets both start, and
-    the later one yields at its next seed (`TaperObjective.run`), having trained one seed."""
+    the later one yields at its next seed (`TaperObjective.run`), having trained one seed.
+    A RUNNING trial whose worker on this host is gone is no twin; `among` limits the twins to
+    these trial numbers (the Ray driver's trials in flight)."""
     from optuna.trial import TrialState
 
+    from autotaper.search.storage import worker_gone
+
     twins = [t.number for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-             if t.number < trial.number and t.user_attrs.get("spec_key") == key]
+             if t.number < trial.number and t.user_attrs.get("spec_key") == key
+             and (among is None or t.number in among) and not worker_gone(t)]
     return min(twins) if twins else None
 
 

@@ -103,6 +103,10 @@ def _study_search_class():
             self._last: dict[str, dict] = {}
             self._paths = paths if paths is not None else {}  # trial id -> trial dir, for errors
 
+        def in_flight(self) -> set[int]:
+            """Study trial numbers this searcher started and has not finished."""
+            return {ot.number for tid, ot in self._ot_trials.items() if tid not in self._completed_trials}
+
         def _record(self, ot, result: dict) -> None:
             attrs = dict(_attrs(result))
             for key, value in json.loads(attrs.pop(NEW_RUNS, None) or "{}").items():
@@ -193,9 +197,10 @@ class _Define:
 
     def __init__(self, space: BaseSpace, objective: TaperObjective | None = None):
         self.space, self._objective = space, objective
+        self.live = None  # () -> numbers of the study trials this driver's searcher has in flight
 
     def __getstate__(self):
-        return {"space": self.space, "_objective": None}
+        return {"space": self.space, "_objective": None, "live": None}
 
     def __call__(self, trial) -> dict[str, Any]:
         if self._objective is None:
@@ -210,7 +215,7 @@ class _Define:
             return {"infeasible": True}
         # The driver prepares trials one at a time, so this check is exact: a spec that a running
         # trial is training is not trained twice (the trial ends FAIL, as a duplicate).
-        twin = running_twin(trial, trial.user_attrs["spec_key"])
+        twin = running_twin(trial, trial.user_attrs["spec_key"], among=self.live() if self.live else None)
         if twin is not None:
             trial.set_user_attr("status", "duplicate")
             trial.set_user_attr("duplicate_of", twin)
@@ -315,9 +320,11 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
                 if not remaining or (left is not None and left < 1):
                     break
                 before = finished(study)
-                searcher = _study_search_class()(space=_Define(space, objective), metric=metric, mode=mode,
+                define = _Define(space, objective)
+                searcher = _study_search_class()(space=define, metric=metric, mode=mode,
                                                  sampler=study.sampler, study_name=study.study_name,
                                                  storage=study._storage, paths=paths)
+                define.live = searcher.in_flight  # a RUNNING trial of an interrupted experiment is no twin
                 name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-{round_}" if round_ else "")
                 study.set_user_attr("ray/experiment", str(root / name))
                 tuner = tune.Tuner(
@@ -329,7 +336,7 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
                                               failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                                               callbacks=[_paths_callback(paths)], verbose=0 if quiet else 1))
                 tuner.fit()  # the leaderboard reads the study, not the ResultGrid (constraints, early stops)
-                if finished(study) == before:
+                if searcher.in_flight() or finished(study) == before:  # interrupted, or no progress
                     break
             confirmation = finish_search(study, space, data, confirm=confirm, say=say, quiet=quiet)
     finally:

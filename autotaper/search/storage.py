@@ -106,18 +106,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def worker_gone(trial) -> bool:
+    """True when `trial` ran in a process of this host that no longer exists."""
+    pid = trial.user_attrs.get("pid")
+    return (trial.user_attrs.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid()
+            and not _alive(pid))
+
+
 def fail_dead_trials(study) -> list[int]:
     """Mark FAIL the RUNNING trials whose worker on this host is gone; returns their numbers."""
     import optuna
     from optuna.trial import TrialState
 
-    host = socket.gethostname()
     failed = []
     if isinstance(study._storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+        if worker_gone(t):
             storage = study._storage
             storage.set_trial_user_attr(t._trial_id, "status", "failed")
             storage.set_trial_user_attr(t._trial_id, "reason", f"worker process {pid} died (killed or crashed)")
