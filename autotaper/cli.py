@@ -339,12 +339,16 @@ def cmd_results(args) -> int:
     return 0
 
 
+def _article(kind) -> str:
+    return "an" if kind.__name__[0] in "aeiou" else "a"
+
+
 def _positive(kind):
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a {kind.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {_article(kind)} {kind.__name__}, got {text!r}") from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
         return value
@@ -355,16 +359,6 @@ def _auto_or(kind):
     def parse(text):
         return "auto" if text == "auto" else kind(text)
     return parse
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number or auto, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
 
 
 def _duration(text: str) -> float:
@@ -386,14 +380,16 @@ def _floats(text: str) -> list[float]:
     return values
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
+def _nonnegative(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {_article(kind)} {kind.__name__}, got {text!r}") from None
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+        return value
+    return parse
 
 
 # -- export -----------------------------------------------------------------------------
@@ -475,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray = p.add_argument_group("ray backend")
     ray.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start one)")
     ray.add_argument("--cpus-per-trial", type=_positive(float), help="default: the space's search.cpus_per_trial (1)")
-    ray.add_argument("--gpus-per-trial", type=_auto_or(_nonnegative_float),
+    ray.add_argument("--gpus-per-trial", type=_auto_or(_nonnegative(float)),
                      help="fractions share one GPU; auto: 1 / as many proxies as fit a cluster GPU's memory "
                           "(default: the space's, 0)")
     ray.add_argument("--max-concurrent", type=_positive(int), help="trials at once (default: as resources allow)")
@@ -505,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("confirm", help="retrain a study's best tapers on fresh seeds; Holm-corrected verdict")
     p.add_argument("--study", required=True)
     p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")
-    p.add_argument("--top-k", type=_nonnegative_int, default=3, help="tapers to confirm besides the paper default "
+    p.add_argument("--top-k", type=_nonnegative(int), default=3, help="tapers to confirm besides the paper default "
                    "(default 3)")
     p.add_argument("--seeds", type=_positive(int), default=3, help="fresh paired seeds (default 3, at least 2)")
     p.add_argument("--quiet", action="store_true")
@@ -525,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=_positive(int), help="each rung's trials (default: ladder.n_trials, else the "
                    "space's)")
     p.add_argument("--seeds", type=_positive(int), help="fresh paired seeds of the probe set (default ladder.probe.seeds)")
-    p.add_argument("--top-k", type=_nonnegative_int, help="each rung's best tapers added to the probe set "
+    p.add_argument("--top-k", type=_nonnegative(int), help="each rung's best tapers added to the probe set "
                    "(default ladder.probe.top_k)")
     p.add_argument("--out", help="directory for ladder.json and the target spec (default runs/ladder/PREFIX)")
     p.add_argument("--quiet", action="store_true")
