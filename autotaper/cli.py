@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -160,6 +161,8 @@ def cmd_train(args) -> int:
         raise UsageError("autotaper train: give --preset (with --taper) or --spec")
     out = args.out or f"runs/train/{name}-{_slug(spec.taper)}-seed{args.seed}-{args.steps}steps"
     if args.ray_workers:
+        if args.tensorboard:
+            raise UsageError("autotaper train: --tensorboard is for local runs; Ray Train runs log to Ray's own")
         from types import SimpleNamespace
 
         from autotaper.train.ray_train import train_on_ray
@@ -171,7 +174,12 @@ def cmd_train(args) -> int:
         summary = {k: v for k, v in json.loads((Path(out) / "summary.json").read_text()).items() if k != "history"}
         result = SimpleNamespace(**summary)
     else:
-        result = train(spec, data, config, out_dir=out, quiet=args.quiet)
+        callbacks = []
+        if args.tensorboard and int(os.environ.get("RANK", "0")) == 0:
+            from autotaper.train import TensorBoard
+
+            callbacks.append(TensorBoard(args.tensorboard))
+        result = train(spec, data, config, out_dir=out, quiet=args.quiet, callbacks=callbacks)
         summary = {k: v for k, v in result.to_dict().items() if k != "history"}
     print(f"{result.status}{' (' + result.reason + ')' if result.reason else ''}: {spec.taper} on "
           f"{name}, {result.steps} steps, seed {args.seed}, corpus {data.name}", file=sys.stderr)
@@ -404,6 +412,36 @@ def cmd_export(args) -> int:
     return 0
 
 
+# -- probe ------------------------------------------------------------------------------
+def cmd_probe(args) -> int:
+    from autotaper.data import load_data
+    from autotaper.probe import probe_run, to_table
+    from autotaper.spec import ModelSpec
+
+    run = Path(args.run_dir)
+    if not (run / "spec.json").is_file():
+        raise ValueError(f"probe: RUN_DIR {str(run)!r} has no spec.json (not an autotaper run directory)")
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    tokenizer = args.tokenizer or (summary.get("corpus") or {}).get("tokenizer") or "bytes"
+    vocab = ModelSpec.load(run / "spec.json").vocab_size if tokenizer == "bpe" else None
+    data = load_data(args.data, tokenizer=tokenizer, vocab_size=vocab)
+    result = probe_run(run, data, windows=args.windows, device=args.device)
+    if args.suggest:
+        from autotaper.budget import solve_report
+        from autotaper.probe import suggest
+
+        spec = ModelSpec.load(run / "spec.json")
+        text = suggest(result, dim=args.dim, strength=args.strength)
+        sol = solve_report(spec.uniform(), text)  # checked: it solves to the run's uniform budget
+        result["suggestion"] = {"taper": text, "params": sol.cost.params, "baseline_params": sol.baseline_cost.params}
+    print(json.dumps(result, indent=1) if args.json else to_table(result))
+    if args.suggest and not args.json:
+        s = result["suggestion"]
+        print(f"suggested taper (solves to {s['params']:,} params, uniform {s['baseline_params']:,}): {s['taper']}")
+    print(f"written to {run / 'probe.json'}", file=sys.stderr)
+    return 0
+
+
 def cmd_presets(args) -> int:
     from autotaper.cost import count
     from autotaper.spec import PRESETS, ModelSpec
@@ -436,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run directory (default runs/train/...); an existing run resumes")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write the training metrics to TensorBoard in DIR")
     p.add_argument("--ray-workers", type=int, default=0,
                    help="train with DDP on this many Ray Train workers (TorchTrainer)")
     p.add_argument("--use-gpu", action="store_true", help="Ray Train workers take one GPU each")
@@ -546,6 +585,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip loading OUT back with transformers and comparing its logits with autotaper's")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("probe", help="per layer: how much each block changes the residual stream (cosine "
+                       "similarity and relative update norm, attention and MLP apart)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory from `autotaper train --out`")
+    p.add_argument("--data", help="validation data (default: the embedded corpus; give the run's own --data)")
+    p.add_argument("--tokenizer", choices=["bytes", "bpe"], help="default: the run's")
+    p.add_argument("--windows", type=_positive(int), default=64, help="validation windows (default 64)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--suggest", action="store_true",
+                   help="also print a taper whose per-layer ratios follow the measured update norms")
+    p.add_argument("--dim", default="ffn", choices=["ffn", "heads", "embed"], help="--suggest: the dimension")
+    p.add_argument("--strength", type=_positive(float), default=1.0,
+                   help="--suggest: 1 follows the measurement, smaller pulls towards uniform")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("presets", help="list the model presets")
     p.set_defaults(func=cmd_presets)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autotaper.spec import ModelSpec
+from autotaper.train.checkpoint import load_run
 
 AUTO_MAP = {"AutoConfig": "configuration_autotaper.AutotaperConfig",
             "AutoModelForCausalLM": "modeling_autotaper.AutotaperForCausalLM"}
@@ -155,26 +156,6 @@ def _tokenizer(run: Path):
     return None, None
 
 
-def load_run(run_dir: str | Path):
-    """(spec, model with the latest checkpoint's weights, step) of a run directory."""
-    from safetensors.torch import load_model
-
-    from autotaper.models import build_model
-    from autotaper.train.checkpoint import latest_checkpoint
-
-    run = Path(run_dir)
-    if not (run / "spec.json").is_file():
-        raise ValueError(f"export: RUN_DIR {str(run)!r} has no spec.json (not an autotaper run directory)")
-    spec = ModelSpec.load(run / "spec.json")
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
-        raise ValueError(f"export: RUN_DIR {str(run)!r} holds no checkpoint (train it with --out to keep one)")
-    model = build_model(spec, seed=None)
-    load_model(model, str(ckpt / "model.safetensors"))
-    step = json.loads((ckpt / "state.json").read_text())["step"]
-    return spec, model.eval(), step
-
-
 def export_hf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, verify: bool = True) -> ExportResult:
     """Write the Hugging Face folder `out` for the run in `run_dir` (see the module docstring)."""
     import importlib.util
@@ -191,7 +172,7 @@ def export_hf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, 
         raise ValueError(f"export: OUT {str(out)!r} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"export: OUT {str(out)!r} is not empty; pass --overwrite to replace it")
-    spec, model, step = load_run(run_dir)
+    spec, model, step = load_run(run_dir, command="export")
     arch = plain_architecture(spec)
     config = _config(spec, arch)
     out.parent.mkdir(parents=True, exist_ok=True)

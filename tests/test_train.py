@@ -221,8 +221,8 @@ def test_compiled_tapered_model_trains_like_eager_and_compiles_each_shape_once(d
     compiled equal the distinct block shapes; a second model with those shapes compiles nothing."""
     from torch._dynamo.utils import counters
 
-    from autotaper.models import build_model
-    from autotaper.train.compile import block_list, block_shape
+    from autotaper.models import block_list, build_model
+    from autotaper.train.compile import block_shape
 
     spec = solve(ModelSpec.from_name("tiny", n_layers=3), "ffn:linear:1.5:0.5")
     shapes = {block_shape(b) for b in block_list(build_model(spec))}
@@ -257,3 +257,21 @@ def test_cuda_compiled_tapered_training_and_divergence_without_per_step_sync(dat
     bad = train(ModelSpec.from_name("tiny"), data, cfg(steps=30, lr=50.0, grad_clip=0.0, warmup_frac=0.0,
                                                         device="cuda", log_every=10), quiet=True)
     assert bad.status == "diverged" and bad.steps < 30 and f"step {bad.steps}" in bad.reason
+
+
+def test_tensorboard_holds_the_metrics_the_run_logged(data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from autotaper.train import TensorBoard
+
+    r = train(ModelSpec.from_name("tiny"), data, cfg(steps=6, log_every=2), out_dir=tmp_path / "run",
+              callbacks=[TensorBoard(tmp_path / "tb")], quiet=True)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = {row["step"]: row["loss"] for row in logged if "loss" in row}
+    assert {e.step: e.value for e in events.Scalars("train/loss")} == pytest.approx(losses, rel=1e-6)
+    assert sorted(losses) == [2, 4, 6]
+    assert events.Scalars("val/val_bpb")[-1].step == 6
+    assert events.Scalars("val/val_bpb")[-1].value == pytest.approx(r.val_bpb, rel=1e-6)

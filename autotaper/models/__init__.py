@@ -27,4 +27,14 @@ def build_model(spec: "ModelSpec", *, seed: int | None = 0) -> "torch.nn.Module"
     return model
 
 
-__all__ = ["build_model"]
+def block_list(model: "torch.nn.Module") -> "torch.nn.ModuleList":
+    """The model's repeated blocks (its largest ModuleList), for compiling and probing them."""
+    import torch
+
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__} has no ModuleList of blocks")
+    return max(lists, key=len)
+
+
+__all__ = ["block_list", "build_model"]

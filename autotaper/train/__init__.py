@@ -2,6 +2,6 @@
 
 from autotaper.train.config import TrainConfig
 from autotaper.train.evaluate import evaluate
-from autotaper.train.trainer import Callback, TrainResult, train
+from autotaper.train.trainer import Callback, TensorBoard, TrainResult, train
 
-__all__ = ["Callback", "TrainConfig", "TrainResult", "evaluate", "train"]
+__all__ = ["Callback", "TensorBoard", "TrainConfig", "TrainResult", "evaluate", "train"]

@@ -89,3 +89,22 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
                 pstate["step"] = pstate["step"].cpu()
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return json.loads((path / "state.json").read_text())
+
+
+def load_run(run_dir: str | Path, *, command: str = "load"):
+    """(spec, model in eval mode with the latest checkpoint's weights, its step) of a run
+    directory written by `train(out_dir=...)`; ValueError naming `command` and the folder."""
+    from autotaper.models import build_model
+    from autotaper.spec import ModelSpec
+
+    run = Path(run_dir)
+    if not (run / "spec.json").is_file():
+        raise ValueError(f"{command}: RUN_DIR {str(run)!r} has no spec.json (not an autotaper run directory)")
+    spec = ModelSpec.load(run / "spec.json")
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise ValueError(f"{command}: RUN_DIR {str(run)!r} holds no checkpoint (train it with --out to keep one)")
+    model = build_model(spec, seed=None)
+    load_model(model, str(ckpt / "model.safetensors"))
+    step = json.loads((ckpt / "state.json").read_text())["step"]
+    return spec, model.eval(), step

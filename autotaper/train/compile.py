@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from autotaper.models import block_list
+
 # Block shapes compiled in this process, over every model (dynamo's cache is per process).
 _SEEN: set[tuple] = set()
 GRAPHS_PER_SHAPE = 2  # training (grad enabled) and evaluation (no_grad) guard differently
@@ -30,14 +32,6 @@ class CompileInfo:
     shapes: int  # distinct block shapes in this model
     new_shapes: int  # of those, not compiled before in this process
     recompile_limit: int
-
-
-def block_list(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The model's repeated blocks: its largest ModuleList."""
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    if not lists:
-        raise ValueError(f"compile: {type(model).__name__} has no ModuleList of blocks to compile")
-    return max(lists, key=len)
 
 
 def block_shape(block: torch.nn.Module) -> tuple:

@@ -42,6 +42,35 @@ class Callback:
     def on_eval(self, step: int, metrics: dict) -> bool | None:
         return None
 
+    def on_end(self, result: "TrainResult") -> None:
+        """After the run, whatever its status (on rank 0 and every other rank)."""
+
+
+class TensorBoard(Callback):
+    """Training metrics to TensorBoard (`autotaper train --tensorboard DIR`): loss, learning
+    rate, gradient norm and tokens/s at log steps; validation loss, perplexity and bits per
+    byte at evaluations. Needs the `tensorboard` package."""
+
+    def __init__(self, log_dir: str | Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+        self.writer = SummaryWriter(str(log_dir))
+
+    def on_step(self, step, metrics):
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"train/{key}", value, step)
+
+    def on_eval(self, step, metrics):
+        for key, value in metrics.items():
+            if key != "step" and value is not None:
+                self.writer.add_scalar(f"val/{key}", value, step)
+
+    def on_end(self, result):
+        self.writer.add_text("run", f"{result.status}: {result.steps} steps, val_bpb {result.val_bpb}")
+        self.writer.close()
+
 
 class _FunctionCallback(Callback):
     def __init__(self, fn: Callable[[int, dict], bool | None]):
@@ -314,7 +343,8 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
             log.write({"step": done, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                        "tokens_per_s": tok_s})
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}")
-            if any(c.on_step(done, {"loss": loss_value, "lr": lr, "tokens_per_s": tok_s}) for c in cbs):
+            if any(c.on_step(done, {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tok_s})
+                   for c in cbs):
                 status, reason = "stopped", f"stopped by a callback at step {done}"
         bar.update(1)
         if status == "complete" and done % config.eval_interval == 0 and done != config.steps:
@@ -353,6 +383,8 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
         run_dir=str(run_dir) if run_dir else None, corpus=_corpus_summary(data), history=history)
     if run_dir and rank == 0:
         atomic_write_text(run_dir / "summary.json", json.dumps(result.to_dict(), indent=1))
+    for c in cbs:
+        c.on_end(result)
     return result
 
 
