@@ -240,12 +240,16 @@ def cmd_search(args) -> int:
     from autotaper.search.results import leaderboard, to_table
 
     board = leaderboard(summary.storage, summary.study)
+    from autotaper.report import write_report
+
+    report = write_report(summary.storage, summary.study)
     if args.json:
         print(json.dumps(board))
     else:
         print(to_table(board))
         print(f"\nresults again: autotaper results --storage {summary.storage} --study {summary.study}",
               file=sys.stderr)
+    print(f"report: {report} (one HTML file: open it in a browser)", file=sys.stderr)
     return 0
 
 
@@ -344,6 +348,28 @@ def cmd_results(args) -> int:
         sys.stdout.write(to_csv(board["trials"]))
     else:
         print(to_table(board))
+    report = Path("runs") / "search" / args.study / "report.html"
+    if report.is_file():
+        print(f"report: {report} (rewrite it with `autotaper report --study {args.study}`)", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from autotaper.report import write_report
+
+    probe = None
+    if args.probe:
+        probe_file = Path(args.probe) / "probe.json"
+        if not probe_file.is_file():
+            raise ValueError(f"report: --probe {args.probe!r} has no probe.json (run `autotaper probe "
+                             f"{args.probe}` first)")
+        probe = json.loads(probe_file.read_text())
+    path = write_report(args.storage, args.study, args.out, probe=probe)
+    print(f"report: {path}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
     return 0
 
 
@@ -574,6 +600,15 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help='{"trials": [...], "verdict": ...}')
     fmt.add_argument("--csv", action="store_true")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of a study: leaderboard with intervals, "
+                       "widths, history, importances, learning curves")
+    p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")
+    p.add_argument("--study", required=True)
+    p.add_argument("--out", help="the HTML file (default runs/search/STUDY/report.html)")
+    p.add_argument("--probe", metavar="RUN_DIR", help="also show this run's residual-stream probe")
+    p.add_argument("--open", action="store_true", help="open it in the browser")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="write a trained run as a Hugging Face folder (config, weights, "
                        "tokenizer; remote code for tapered models)")

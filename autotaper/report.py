@@ -1,0 +1,221 @@
+"""The HTML report of a study: one self-contained file (inline SVG, no script, no network).
+
+Sections, each drawn from the study storage alone (so any study, from any backend, reports):
+- verdict: the confirmed verdict (or the search-stage one, marked unconfirmed) and the noise floor;
+- leaderboard: the mean paired difference against uniform with its 95% interval as error bars,
+  zero and the minimum detectable effect drawn as a band, confirmed intervals beside them;
+- widths: the per-layer profile of the top tapers against uniform, per tapered dimension;
+- history and importances: Optuna's own matplotlib plots (`optuna.visualization.matplotlib`);
+- curves: the paired difference per seed at each evaluation, for the top candidates;
+- probe: the residual-stream probe of a run, when one is given (`autotaper.probe`).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from pathlib import Path
+
+from autotaper.paired import RUN_KEY
+
+TOP = 3
+SECTIONS = ("verdict", "leaderboard", "widths", "history", "importances", "curves")
+
+
+def _svg(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prologue: the SVG sits inside HTML
+
+
+def _figure(w: float = 7.5, h: float = 3.5, ncols: int = 1):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=(w, h))
+
+
+def leaderboard_plot(board: dict) -> str:
+    rows = [r for r in board["trials"] if r["status"] == "complete" and r["ci95"]]
+    rows = sorted(rows, key=lambda r: r["delta_bpb"])[:15]
+    if not rows:
+        return "<p>No complete trial with an interval yet.</p>"
+    conf = {c["trial"]: c for c in (board.get("confirmation") or {}).get("candidates", [])}
+    fig, ax = _figure(7.5, 0.45 * len(rows) + 1.4)
+    ys = list(range(len(rows)))[::-1]
+    for y, r in zip(ys, rows):
+        lo, hi = r["ci95"]
+        ax.errorbar(r["delta_bpb"], y, xerr=[[r["delta_bpb"] - lo], [hi - r["delta_bpb"]]], fmt="o",
+                    color="tab:blue", capsize=3, label="search (proxy seeds)" if y == ys[0] else None)
+        c = conf.get(r["trial"])
+        if c and c.get("ci95"):
+            clo, chi = c["ci95"]
+            ax.errorbar(c["mean"], y - 0.25, xerr=[[c["mean"] - clo], [chi - c["mean"]]], fmt="s",
+                        color="tab:green" if c.get("beats_uniform") else "tab:gray", capsize=3,
+                        label="confirmed (fresh seeds)" if not ax.get_legend_handles_labels()[1].count(
+                            "confirmed (fresh seeds)") else None)
+    mde = (board.get("noise") or {}).get("mde_search")
+    if mde:
+        ax.axvspan(-mde, mde, color="tab:orange", alpha=0.15, label=f"MDE ±{mde:.3f}")
+    ax.axvline(0, color="black", lw=1)
+    ax.set_yticks(ys, [f"#{r['trial']} {r['taper']}" for r in rows], fontsize=8)
+    ax.set_xlabel("Δ bits per byte vs uniform (negative is better), 95% CI")
+    ax.legend(fontsize=8, loc="lower right")
+    return _svg(fig)
+
+
+def widths_plot(rows: list[dict], study) -> str:
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    top = [r for r in rows if r["status"] == "complete" and r["taper"] != "uniform"][:TOP]
+    specs = [(r, (by_number[r["trial"]].user_attrs.get("spec") or {})) for r in top]
+    specs = [(r, s) for r, s in specs if s.get("layer_ffn")]
+    if not specs:
+        return "<p>No tapered candidate to draw.</p>"
+    dims = [(k, lab, base) for k, lab, base in (("layer_ffn", "MLP width", "ffn_width"),
+                                                 ("layer_heads", "query heads", "n_heads"),
+                                                 ("layer_d_model", "residual width", "d_model"))
+            if any(len(set(s[k])) > 1 for _, s in specs)]
+    out = []
+    for key, label, base in dims or [("layer_ffn", "MLP width", "ffn_width")]:
+        fig, ax = _figure(6.5, 3.0)
+        n = len(specs[0][1][key])
+        ax.plot(range(n), [specs[0][1][base]] * n, "k--", lw=1, label="uniform")
+        for r, s in specs:
+            ax.plot(range(len(s[key])), s[key], marker="o", ms=3, label=f"#{r['trial']} {r['taper']}")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+        out.append(_svg(fig))
+    return "\n".join(out)
+
+
+def curves_plot(rows: list[dict], study) -> str:
+    attrs = study.user_attrs
+    top = [r for r in rows if r["status"] == "complete" and r.get("spec_key") and r["taper"] != "uniform"][:TOP]
+    out = []
+    for r in top:
+        fig, ax = _figure(6.5, 2.8)
+        drawn = 0
+        for seed in range(64):
+            run = attrs.get(RUN_KEY.format(key=r["spec_key"], seed=seed))
+            base = attrs.get(f"baseline/seed{seed}")
+            if run is None or base is None:
+                continue
+            steps = sorted((int(s) for s in run["curve"] if s in base["curve"]))
+            ax.plot(steps, [run["curve"][str(s)] - base["curve"][str(s)] for s in steps], marker="o", ms=3,
+                    label=f"seed {seed}")
+            drawn += 1
+        if not drawn:
+            continue
+        ax.axhline(0, color="black", lw=1)
+        ax.set_title(f"#{r['trial']} {r['taper']}", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("Δ bpb vs uniform")
+        ax.legend(fontsize=7)
+        out.append(_svg(fig))
+    return "\n".join(out) or "<p>No stored learning curves.</p>"
+
+
+def optuna_plot(study, kind: str) -> str:
+    """Optuna's own plot, or a line saying why it cannot be drawn for this study."""
+    import warnings
+
+    import matplotlib
+    from optuna.visualization import matplotlib as ovm
+
+    matplotlib.use("Agg")  # Optuna's plots draw with pyplot
+    try:
+        with warnings.catch_warnings(), matplotlib.rc_context():  # Optuna switches pyplot's style
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
+            fn = ovm.plot_optimization_history if kind == "history" else ovm.plot_param_importances
+            ax = fn(study, target=(lambda t: t.values[0]) if len(study.directions) > 1 else None,
+                    target_name="Δ bpb vs uniform")
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(7, 3.5)
+            return _svg(fig)
+    except (ValueError, RuntimeError, ImportError) as e:
+        return f"<p>Not available for this study: {html.escape(str(e).splitlines()[0])}</p>"
+
+
+def probe_plot(result: dict) -> str:
+    layers = result["layers"]
+    fig, (a, b) = _figure(9, 3.0, ncols=2)
+    xs = [r["layer"] for r in layers]
+    for key, label in (("cos", "block"), ("attn_cos", "attention"), ("mlp_cos", "MLP")):
+        if layers[0].get(key) is not None:
+            a.plot(xs, [r[key] for r in layers], marker="o", ms=3, label=label)
+    a.set_xlabel("layer")
+    a.set_ylabel("cos(stream before, after)")
+    a.legend(fontsize=7)
+    for key, label in (("update", "block"), ("attn_update", "attention"), ("mlp_update", "MLP")):
+        if layers[0].get(key) is not None:
+            b.plot(xs, [r[key] for r in layers], marker="o", ms=3, label=label)
+    b.set_yscale("log")
+    b.set_xlabel("layer")
+    b.set_ylabel("|update| / |stream|")
+    b.legend(fontsize=7)
+    return _svg(fig)
+
+
+def _table(rows: list[dict]) -> str:
+    head = "<tr><th>trial</th><th>status</th><th>Δ bpb</th><th>95% CI</th><th>seeds</th><th>taper</th></tr>"
+    body = []
+    for r in rows:
+        d = f"{r['delta_bpb']:+.4f}" if isinstance(r["delta_bpb"], (int, float)) else "-"
+        ci = f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]" if r["ci95"] else "-"
+        same = f" (also #{', #'.join(map(str, r['same_as']))})" if r.get("same_as") else ""
+        body.append(f"<tr><td>{r['trial']}</td><td>{html.escape(r['status'])}</td><td>{d}</td><td>{ci}</td>"
+                    f"<td>{r['seeds']}</td><td>{html.escape(r['taper'])}{same}</td></tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}"
+         "section{margin:2em 0}table{border-collapse:collapse;font-size:13px}"
+         "td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}"
+         "pre{background:#f6f6f6;padding:8px;font-size:12px;white-space:pre-wrap}svg{max-width:100%;height:auto}")
+
+
+def build_report(storage: str | None, study_name: str, *, probe: dict | None = None) -> str:
+    """The report's HTML for one study (see the module docstring)."""
+    from autotaper.search.results import leaderboard, load
+
+    board = leaderboard(storage, study_name)
+    study, _ = load(board["storage"], study_name)
+    rows = board["trials"]
+    verdict = board["verdict"]
+    noise = "\n".join((board.get("noise") or {}).get("lines") or ["(no calibration stored)"])
+    parts = [
+        ("verdict", "Verdict", f"<p><b>{'confirmed' if verdict.get('confirmed') else 'unconfirmed'}:</b> "
+                               f"{html.escape(verdict['text'])}</p><pre>{html.escape(noise)}</pre>"),
+        ("leaderboard", "Leaderboard: paired differences against uniform",
+         leaderboard_plot(board) + _table(rows)),
+        ("widths", f"Per-layer widths of the top {TOP} tapers", widths_plot(rows, study)),
+        ("history", "Optimisation history (Optuna)", optuna_plot(study, "history")),
+        ("importances", "Parameter importances (Optuna)", optuna_plot(study, "importances")),
+        ("curves", f"Paired differences per seed during training, top {TOP}", curves_plot(rows, study)),
+    ]
+    if probe is not None:
+        parts.append(("probe", f"Residual-stream probe of {probe['run_dir']}", probe_plot(probe)))
+    body = "\n".join(f'<section id="{sid}"><h2>{html.escape(title)}</h2>\n{content}\n</section>'
+                     for sid, title, content in parts)
+    title = f"autotaper report: {study_name}"
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>storage {html.escape(board['storage'])}</p>\n{body}\n</body></html>\n")
+
+
+def write_report(storage: str | None, study_name: str, out: str | Path | None = None, *,
+                 probe: dict | None = None) -> Path:
+    """Write the report (default: beside the study, runs/search/STUDY/report.html)."""
+    from autotaper.train.checkpoint import atomic_write_text
+
+    path = Path(out) if out else Path("runs") / "search" / study_name / "report.html"
+    atomic_write_text(path, build_report(storage, study_name, probe=probe))
+    path.chmod(0o644)  # a page to share, not a secret
+    return path
