@@ -334,6 +334,7 @@ def cmd_ladder(args) -> int:
         print(json.dumps(report))
     else:
         print(to_text(report))
+    print(f"report: {report['html_path']} (one HTML file: open it in a browser)", file=sys.stderr)
     return 0
 
 
@@ -355,8 +356,22 @@ def cmd_results(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from autotaper.report import write_report
+    from autotaper.report import write_ladder_report, write_report
 
+    if bool(args.study) == bool(args.ladder):
+        raise UsageError("autotaper report: give --study (a search) or --ladder (a ladder.json), one of them")
+    if args.ladder:
+        src = Path(args.ladder)
+        if not src.is_file():
+            raise ValueError(f"report: --ladder {args.ladder!r} does not exist (autotaper ladder writes "
+                             f"runs/ladder/PREFIX/ladder.json)")
+        try:
+            report = json.loads(src.read_text())
+            path = write_ladder_report(report, args.out or src.with_suffix(".html"))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"report: --ladder {args.ladder!r} is not a ladder.json ({e!r})") from None
+        print(f"report: {path}")
+        return 0
     probe = None
     if args.probe:
         probe_file = Path(args.probe) / "probe.json"
@@ -604,8 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML page of a study: leaderboard with intervals, "
                        "widths, history, importances, learning curves")
     p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")
-    p.add_argument("--study", required=True)
-    p.add_argument("--out", help="the HTML file (default runs/search/STUDY/report.html)")
+    p.add_argument("--study", help="a search's study")
+    p.add_argument("--ladder", metavar="LADDER_JSON", help="or a ladder's report, runs/ladder/PREFIX/ladder.json")
+    p.add_argument("--out", help="the HTML file (default runs/search/STUDY/report.html, or beside ladder.json)")
     p.add_argument("--probe", metavar="RUN_DIR", help="also show this run's residual-stream probe")
     p.add_argument("--open", action="store_true", help="open it in the browser")
     p.set_defaults(func=cmd_report)

@@ -1,4 +1,8 @@
-"""The HTML report of a study: one self-contained file (inline SVG, no script, no network).
+"""The HTML reports: one self-contained file each (inline SVG, no script, no network).
+
+A study's report (`build_report`), and a ladder's (`ladder_report`, from its ladder.json):
+the probe set's effect against scale with intervals, rank agreement between rungs, and the
+trend fit with its prediction at the target.
 
 Sections, each drawn from the study storage alone (so any study, from any backend, reports):
 - verdict: the confirmed verdict (or the search-stage one, marked unconfirmed) and the noise floor;
@@ -202,12 +206,90 @@ def build_report(storage: str | None, study_name: str, *, probe: dict | None = N
     ]
     if probe is not None:
         parts.append(("probe", f"Residual-stream probe of {probe['run_dir']}", probe_plot(probe)))
-    body = "\n".join(f'<section id="{sid}"><h2>{html.escape(title)}</h2>\n{content}\n</section>'
-                     for sid, title, content in parts)
-    title = f"autotaper report: {study_name}"
+    return _page(f"autotaper report: {study_name}", f"storage {board['storage']}", parts)
+
+
+def ladder_effects_plot(report: dict) -> str:
+    """Each probe taper's confirmed difference against uniform (95% CI) at every rung."""
+    rungs = report["rungs"]
+    fig, ax = _figure(7.5, 3.8)
+    n = len(report["probe_set"]) - 1  # rungs side by side, in the ladder's order (two may share a size)
+    for k, label in enumerate(report["probe_set"][1:]):
+        pts = [(i + 0.3 * (k - (n - 1) / 2) / max(n - 1, 1), r["probe"][label]) for i, r in enumerate(rungs)
+               if "mean" in r["probe"].get(label, {})]
+        if not pts:
+            continue
+        means = [p["mean"] for _, p in pts]
+        err = [[p["mean"] - (p["ci95"] or [p["mean"]] * 2)[0] for _, p in pts],
+               [(p["ci95"] or [p["mean"]] * 2)[1] - p["mean"] for _, p in pts]]
+        ax.errorbar([x for x, _ in pts], means, yerr=err, marker="o", ms=4, capsize=3, label=label)
+    ax.axhline(0, color="black", lw=1)
+    ax.set_xticks(range(len(rungs)), [f"{r['name']}\n{r['n_layers']} x {r['d_model']}, {r['params']:,} params\n"
+                                      f"{r['tokens_per_param']:.3g} tokens/param" for r in rungs], fontsize=7)
+    ax.set_ylabel("Δ vs uniform, 95% CI (fresh seeds)")
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def ladder_trend_plot(report: dict) -> str:
+    """The best effect per rung (with its standard error) and the fit's prediction at the
+    target: with the trend (95% prediction interval) and without it (the weighted mean)."""
+    info = report["trend"].get("effect")
+    if not info:
+        return "<p>No trend fitted.</p>"
+    rungs = {r["name"]: r for r in report["rungs"]}
+    fig, ax = _figure(7.5, 3.5)
+    xs = [rungs[p["rung"]]["params"] for p in info["per_rung"]]
+    ax.errorbar(xs, [p["value"] for p in info["per_rung"]], yerr=[1.96 * p["se"] for p in info["per_rung"]],
+                fmt="o", capsize=3, label="best per rung (±1.96 se)")
+    t = report["target"]["params"]
+    for key, color, shift in (("trend", "tab:red", 1.0), ("no_trend", "tab:gray", 1.15)):
+        mean, lo, hi = info["at_target"][key]
+        ax.errorbar([t * shift], [mean], yerr=[[mean - lo], [hi - mean]], fmt="D", color=color, capsize=3,
+                    label=f"at {report['target']['name']}: {'trend' if key == 'trend' else 'no trend'}")
+    ax.axhline(0, color="black", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("best effect vs uniform")
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def ladder_report(report: dict) -> str:
+    """A ladder's report from its ladder.json (see `autotaper.scale.ladder`)."""
+    from autotaper.scale.ladder import to_text
+
+    fid = "".join(f"<li>{html.escape(f['text'])}</li>" for f in report["fidelity"]) or "<li>one rung only</li>"
+    trend = "".join(f"<li>{html.escape(i['text'])}</li>" for i in report["trend"].values())
+    rec = report["recommendation"]
+    parts = [
+        ("recommendation", f"At {report['target']['name']}",
+         f"<p><b>{html.escape(rec['taper'])}</b>: {html.escape(rec['call'])}</p>"),
+        ("effects", "Probe set against scale (confirmed on fresh seeds)", ladder_effects_plot(report)),
+        ("fidelity", "Rank agreement between adjacent rungs", f"<ul>{fid}</ul>"),
+        ("trend", "Trend across rungs and the prediction at the target", ladder_trend_plot(report)
+         + f"<ul>{trend}</ul><p>held-out check: {html.escape(report['held_out']['text'])}</p>"),
+        ("text", "The whole report as text", f"<pre>{html.escape(to_text(report))}</pre>"),
+    ]
+    return _page(f"autotaper ladder report: {report['ladder']}", f"space {report['space']}, corpus "
+                 f"{report['corpus']}", parts)
+
+
+def _page(title: str, subtitle: str, parts: list[tuple[str, str, str]]) -> str:
+    body = "\n".join(f'<section id="{sid}"><h2>{html.escape(head)}</h2>\n{content}\n</section>'
+                     for sid, head, content in parts)
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p>storage {html.escape(board['storage'])}</p>\n{body}\n</body></html>\n")
+            f"<p>{html.escape(subtitle)}</p>\n{body}\n</body></html>\n")
+
+
+def write_ladder_report(report: dict, out: str | Path) -> Path:
+    from autotaper.train.checkpoint import atomic_write_text
+
+    path = Path(out)
+    atomic_write_text(path, ladder_report(report))
+    path.chmod(0o644)
+    return path
 
 
 def write_report(storage: str | None, study_name: str, out: str | Path | None = None, *,

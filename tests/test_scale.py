@@ -212,6 +212,12 @@ def test_ladder_on_two_tiny_shapes_writes_the_report_and_a_spec_at_the_exact_bud
     assert count(spec).params == count(ModelSpec.from_name("440m")).params == rec["params"]
     assert rec["command"].startswith(f"autotaper train --spec {rec['spec_path']}")
     assert json.loads((tmp_path / "out" / "ladder.json").read_text())["recommendation"] == rec
+    page = (tmp_path / "out" / "ladder.html").read_text()  # the ladder's HTML report, path on stderr
+    assert f"report: {tmp_path / 'out' / 'ladder.html'}" in r.stderr
+    for sid in ("recommendation", "effects", "fidelity", "trend"):
+        section = page.split(f'<section id="{sid}">')[1].split("</section>")[0]
+        assert sid in ("recommendation", "fidelity") or "<svg" in section, sid
+    assert all(label in page for label in probe[1:]) and "<script" not in page
 
     # rerunning resumes every rung from its study: nothing retrained, the same verdicts
     again = _ladder(ladder_space, tmp_path, "--json")

@@ -147,6 +147,9 @@ def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: 
     path = out_dir / "ladder.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     report["report_path"] = str(path)
+    from autotaper.report import write_ladder_report
+
+    report["html_path"] = str(write_ladder_report(report, out_dir / "ladder.html"))
     return report
 
 
