@@ -479,7 +479,10 @@ def cmd_probe(args) -> int:
     if args.suggest and not args.json:
         s = result["suggestion"]
         print(f"suggested taper (solves to {s['params']:,} params, uniform {s['baseline_params']:,}): {s['taper']}")
-    print(f"written to {run / 'probe.json'}", file=sys.stderr)
+    from autotaper.report import probe_plot
+
+    (run / "probe.svg").write_text(probe_plot(result))
+    print(f"written to {run / 'probe.json'} and {run / 'probe.svg'} (the plot)", file=sys.stderr)
     return 0
 
 

@@ -92,6 +92,7 @@ def test_probe_cli_writes_json_next_to_the_run_and_refuses_bad_input(data, tmp_p
     out = json.loads(proc.stdout)
     assert len(out["layers"]) == 4 and out["tokens"] == 4 * 32
     assert json.loads((run / "probe.json").read_text()) == out
+    assert (run / "probe.svg").read_text().startswith("<svg")
     bad = subprocess.run([sys.executable, "-m", "autotaper", "probe", str(tmp_path / "nope")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "has no spec.json" in bad.stderr and len(bad.stderr.splitlines()) == 1
