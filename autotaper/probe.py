@@ -100,6 +100,25 @@ def probe(model: torch.nn.Module, windows: np.ndarray, *, batch_size: int = 16,
     return out
 
 
+def probe_spec(spec, data, config, *, windows: int = 64) -> dict:
+    """Train `spec` with `config` (in a temporary run directory) and probe the result."""
+    import tempfile
+
+    from autotaper.data.tokens import val_windows
+    from autotaper.train import train
+    from autotaper.train.checkpoint import load_run
+
+    with tempfile.TemporaryDirectory(prefix="autotaper-probe-") as tmp:
+        r = train(spec, data, config, out_dir=tmp, quiet=True)
+        if r.status != "complete":
+            raise ValueError(f"probe: the uniform model did not train ({r.status}: {r.reason})")
+        _, model, step = load_run(tmp, command="probe")
+    rows = probe(model, val_windows(data.val, n=windows, context_length=spec.context_length))
+    return {"run_dir": f"{spec.taper} {spec.n_layers} x {spec.d_model}, seed {config.seed}", "taper": spec.taper,
+            "step": step, "corpus": data.name, "windows": windows, "tokens": windows * spec.context_length,
+            "layers": [asdict(x) for x in rows]}
+
+
 def probe_run(run_dir: str | Path, data, *, windows: int = 64, batch_size: int = 16, device: str = "cpu") -> dict:
     """Probe a run directory's latest checkpoint on `windows` validation windows of `data`;
     the result is also written to RUN_DIR/probe.json."""

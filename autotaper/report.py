@@ -204,6 +204,7 @@ def build_report(storage: str | None, study_name: str, *, probe: dict | None = N
         ("importances", "Parameter importances (Optuna)", optuna_plot(study, "importances")),
         ("curves", f"Paired differences per seed during training, top {TOP}", curves_plot(rows, study)),
     ]
+    probe = probe if probe is not None else study.user_attrs.get("probe")  # search.suggest_from_probe
     if probe is not None:
         parts.append(("probe", f"Residual-stream probe of {probe['run_dir']}", probe_plot(probe)))
     return _page(f"autotaper report: {study_name}", f"storage {board['storage']}", parts)

@@ -18,7 +18,7 @@ def study(tmp_path_factory):
     corpus = write_corpus(root / "corpus")
     space = parse_space(micro_space(str(corpus), name="rep", proxy={"eval_every": 5},
                                     search={"n_trials": 5, "sampler": "random", "seed": 0,
-                                            "confirm": {"top_k": 1, "seeds": 2}}))
+                                            "confirm": {"top_k": 1, "seeds": 2}, "suggest_from_probe": True}))
     storage = f"sqlite:///{root}/rep.db"
     run_search(space, storage=storage, quiet=True)
     return storage
@@ -27,7 +27,7 @@ def study(tmp_path_factory):
 def test_report_holds_every_section_with_figures(study):
     storage = study
     page = build_report(storage, "rep")
-    for sid in SECTIONS:
+    for sid in (*SECTIONS, "probe"):  # the probe: search.suggest_from_probe stored it in the study
         match = re.search(rf'<section id="{sid}">(.*?)</section>', page, re.S)
         assert match, sid
         assert "<svg" in match.group(1) or sid == "verdict", sid  # a figure, not a "not available" line
@@ -62,3 +62,19 @@ def test_report_loads_in_headless_chromium_without_console_errors(study, tmp_pat
     dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     assert all(f'id="{sid}"' in dom for sid in SECTIONS)  # the browser parsed every section
+
+
+def test_the_probe_suggestion_is_confirmed_beside_the_search_winners(study):
+    """search.suggest_from_probe: the uniform proxy is probed once, stored in the study, and its
+    list taper is measured on the confirmation's fresh seeds, counted in Holm's correction."""
+    import optuna
+
+    from autotaper.search.storage import open_storage
+
+    st = optuna.load_study(study_name="rep", storage=open_storage(study))
+    probe = st.user_attrs["probe"]
+    assert probe["suggestion"].startswith("ffn:list:") and len(probe["layers"]) == 4
+    conf = st.user_attrs["confirmation"]
+    names = [c["taper"] for c in conf["candidates"]]
+    assert probe["suggestion"] in names or probe["suggestion"] in conf.get("skipped", {})
+    assert conf["m"] == len(conf["candidates"])

@@ -267,6 +267,27 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
                          calibration=cal.to_dict(), plan=plan.text(), confirmation=confirmation)
 
 
+PROBE_ATTR = "probe"
+
+
+def probe_suggestion(study, space: BaseSpace, data, say) -> str:
+    """`search.suggest_from_probe`: the uniform proxy trained on seed 0 and probed, and the
+    taper that follows its per-layer angles (`autotaper.probe.suggest`); kept in the study, so
+    a resumed search and the report read it instead of training again."""
+    from autotaper.probe import probe_spec, suggest
+    from autotaper.search.objective import baseline_spec, train_config
+
+    found = study.user_attrs.get(PROBE_ATTR)
+    if found is None:
+        found = probe_spec(baseline_spec(space, data), data, train_config(space, 0))
+        found["suggestion"] = suggest(found)
+        study.set_user_attr(PROBE_ATTR, found)
+    cos = " ".join(f"{r['cos']:.3f}" for r in found["layers"])
+    say(f"probe of uniform (seed 0): cos per layer {cos}; its suggestion joins the confirmation: "
+        f"{found['suggestion']}")
+    return found["suggestion"]
+
+
 def finish_search(study, space: BaseSpace, data, *, confirm: bool, say, quiet: bool) -> dict | None:
     """The stage after the trials, shared by both backends: confirmation on fresh seeds."""
     from autotaper.search.confirm import confirm_study
@@ -274,8 +295,9 @@ def finish_search(study, space: BaseSpace, data, *, confirm: bool, say, quiet: b
     c = space.settings.confirm
     if not (confirm and c.enabled):
         return None
+    extra = [probe_suggestion(study, space, data, say)] if space.settings.suggest_from_probe else []
     try:
-        out = confirm_study(study, space, data, top_k=c.top_k, seeds=c.seeds, quiet=quiet)
+        out = confirm_study(study, space, data, top_k=c.top_k, seeds=c.seeds, quiet=quiet, extra=extra)
     except ValueError as e:  # nothing complete to confirm: the leaderboard says why
         say(f"no confirmation: {e}")
         return None

@@ -36,9 +36,14 @@ class Plan:
 
     @property
     def confirm_runs(self) -> int:
-        return (self.confirm_top_k + 2) * self.confirm_seeds if self.confirm_top_k else 0
+        """Top k, the paper default, the probe's suggestion and uniform on every confirmation
+        seed, plus the uniform run the probe reads."""
+        if not self.confirm_top_k:
+            return 0
+        return (self.confirm_top_k + 2 + self.probe) * self.confirm_seeds + self.probe
 
     done: int = 0
+    probe: bool = False  # search.suggest_from_probe
 
     @property
     def estimate_s(self) -> float:
@@ -47,7 +52,8 @@ class Plan:
 
     def text(self) -> str:
         budget = f" of a {self.budget_s / 60:.1f} min budget" if self.budget_s else ""
-        conf = (f"confirmation of the top {self.confirm_top_k} and the paper default with uniform on "
+        probe = ", the probe's suggestion" if self.probe else ""
+        conf = (f"confirmation of the top {self.confirm_top_k}, the paper default{probe} and uniform on "
                 f"{self.confirm_seeds} fresh seeds ({self.confirm_runs} runs)" if self.confirm_top_k
                 else "no confirmation")
         return (f"plan: {self.run_s:.1f} s per proxy run measured here; {self.n_trials} trials "
@@ -67,12 +73,13 @@ def make_plan(space: BaseSpace, *, run_s: float, n_trials: int, elapsed_s: float
     per_trial = expected_seeds(space)
     top_k = space.settings.confirm.top_k if confirm else 0
     seeds = space.settings.confirm.seeds
+    probe = bool(space.settings.suggest_from_probe and top_k)
     if budget_s is None:
-        return Plan(run_s, n_trials, per_trial, top_k, seeds, elapsed_s, None, None, done)
+        return Plan(run_s, n_trials, per_trial, top_k, seeds, elapsed_s, None, None, done, probe)
     left = budget_s - elapsed_s
 
     def confirm_s(k, n):
-        return (k + 2) * n * run_s if k else 0.0
+        return Plan(run_s, 0, 0, k, n, 0, None, None, 0, probe).confirm_runs * run_s
 
     # shrink the confirmation only when the references alone would not leave room for it
     while top_k > 1 and confirm_s(top_k, seeds) > left:
@@ -82,4 +89,4 @@ def make_plan(space: BaseSpace, *, run_s: float, n_trials: int, elapsed_s: float
     trial_s = max(0.0, left - confirm_s(top_k, seeds))
     fit = max(done, REFERENCE_TRIALS) + int(math.floor(trial_s / (per_trial * run_s)))
     return Plan(run_s, max(REFERENCE_TRIALS, min(n_trials, fit)), per_trial, top_k, seeds, elapsed_s, budget_s,
-                trial_s, done)
+                trial_s, done, probe)

@@ -195,6 +195,7 @@ class Settings:
     max_concurrent: int | None = None
     confirm: Confirm = Confirm()
     budget_s: float | None = None  # wall-clock plan for the whole search (calibration, trials, confirmation)
+    suggest_from_probe: bool = False  # confirm the probe's suggestion too (`autotaper.probe.suggest`)
 
     def problems(self) -> list[str]:
         out = []
@@ -207,6 +208,8 @@ class Settings:
         objs = list(self.objectives)
         if not objs or objs[0] != "bpb" or any(o not in OBJECTIVES for o in objs) or len(set(objs)) != len(objs):
             out.append(f"search.objectives: must be [bpb] or [bpb, tokens_per_s], got {objs!r}")
+        if not isinstance(self.suggest_from_probe, bool):
+            out.append(f"search.suggest_from_probe: must be true or false, got {self.suggest_from_probe!r}")
         if not (isinstance(self.cpus_per_trial, (int, float)) and self.cpus_per_trial > 0):
             out.append(f"search.cpus_per_trial: must be > 0, got {self.cpus_per_trial!r}")
         if not (self.gpus_per_trial == "auto" or (isinstance(self.gpus_per_trial, (int, float))
