@@ -242,7 +242,10 @@ def cmd_search(args) -> int:
     board = leaderboard(summary.storage, summary.study)
     from autotaper.report import write_report
 
-    report = write_report(summary.storage, summary.study)
+    try:
+        report = write_report(summary.storage, summary.study)
+    except Exception as e:  # noqa: BLE001 - the search is stored; a failed page must not hide it
+        report = f"not written ({type(e).__name__}: {e}); retry with `autotaper report --study {summary.study}`"
     if args.json:
         print(json.dumps(board))
     else:
