@@ -108,7 +108,7 @@ def _wait(url, predicate, timeout=300):
 
 def test_a_killed_trial_worker_is_retried_and_the_search_finishes(cluster, tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
-    space = space_file(tmp_path, str(corpus), steps=300, eval_every=10, seeds=2)
+    space = space_file(tmp_path, str(corpus), steps=150, eval_every=10, seeds=2)
     data = yaml.safe_load(space.read_text())
     data["search"].update(pruner="median", n_trials=3)
     space.write_text(yaml.safe_dump(data))
