@@ -13,6 +13,10 @@
    layers and dimensions while it lowers the remaining error and keeps the order. For a
    single dimension whose curve keeps the mean steps 3-4 are exact: the sum of widths, and
    with it every count linear in them, equals the baseline's.
+5. Budgets first: when the default rounding multiples miss the tolerance, steps 3-4 run
+   again with every defaulted multiple halved, down to `MIN_MULTIPLE` (widths) or one GQA
+   group (heads); `Solution.multiples` says which were used. A multiple the taper names
+   (`m=`) is never changed.
 The result must be within `tolerance` (relative) on each constrained total, or the error
 says which constraint fails and by how much.
 """
@@ -31,6 +35,7 @@ from autotaper.spec import ModelSpec
 from autotaper.taper import DIMS, DimTaper, Taper, discretise, format_number
 
 CONSTRAINTS = ("params", "flops", "both")
+MIN_MULTIPLE = 8  # the finest width multiple tried for ffn and embed (tensor-core friendly)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,13 @@ class Solution:
     baseline_cost: Cost
     nominal: dict[str, tuple[float, ...]] = field(default_factory=dict)
     realised: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    multiples: dict[str, int] = field(default_factory=dict)  # rounding multiple used per dim
+    default_multiples: dict[str, int] = field(default_factory=dict)  # what the defaults were
+
+    @property
+    def finer(self) -> dict[str, int]:
+        """Dims rounded to a finer multiple than their default to meet the budget."""
+        return {d: m for d, m in self.multiples.items() if m != self.default_multiples.get(d, m)}
 
     @property
     def params_delta(self) -> int:
@@ -211,6 +223,62 @@ def solve_report(baseline: ModelSpec, taper: Taper | str, *, constraint: str = "
     problem = _Problem(base, taper, constraint)
     alpha = problem.solve_alpha()
     cont = problem.continuous(alpha)
+    defaults = dict(problem.multiple)
+    named = {dt.dim for dt in taper.dims if dt.multiple is not None}
+    checks = {"params": [("params", lambda c: c.params)],
+              "flops": [("flops_per_token", lambda c: c.flops_per_token)]}
+    checks["both"] = checks["params"] + checks["flops"]
+    shape_error, miss = None, None
+    ladder = list(_multiple_ladder(defaults, named, base))
+    for multiples in ladder:
+        problem.multiple = multiples
+        try:
+            lists = _round(problem, cont)
+        except ValueError as e:  # too few units per layer at this multiple
+            shape_error = shape_error or e
+            continue
+        spec = _apply(base, taper, lists)
+        cost = count(spec)
+        misses = [(name, get(cost), get(base_cost)) for name, get in checks[constraint]
+                  if abs(get(cost) - get(base_cost)) > tolerance * get(base_cost)]
+        if not misses:
+            break
+        miss = misses[0]
+    else:
+        if miss is None:
+            raise shape_error
+        name, got, want = miss
+        tried = "/".join(str(m) for m in sorted({m for ms in ladder for m in ms.values()}, reverse=True))
+        raise ValueError(
+            f"taper {taper}: cannot meet the {name} budget: {format_number(float(got))} vs "
+            f"baseline {format_number(float(want))} ({(got - want) / want:+.4%}), over tolerance "
+            f"{format_number(tolerance)} at rounding multiples {tried}; loosen tolerance or "
+            f"name a finer multiple (m=)")
+    realised = {dim: tuple(float(v) / _base(dim, base) for v in lists[dim]) for dim in lists}
+    nominal = {dim: tuple(float(v) for v in problem.nominal[dim]) for dim in lists}
+    return Solution(spec, base, cost, base_cost, nominal, realised, dict(problem.multiple), defaults)
+
+
+def _multiple_ladder(defaults: dict[str, int], named: set[str], base: ModelSpec):
+    """The defaulted multiples, then each halved (to its floor) until none can be."""
+    current = dict(defaults)
+    yield dict(current)
+    while True:
+        nxt = {}
+        for dim, m in current.items():
+            floor = base.group_size if dim == "heads" else min(MIN_MULTIPLE, defaults[dim])
+            half = m // 2
+            ok = dim not in named and half >= floor and m % 2 == 0 and (dim != "heads" or half % base.group_size == 0)
+            nxt[dim] = half if ok else m
+        if nxt == current:
+            return
+        current = nxt
+        yield dict(current)
+
+
+def _round(problem: _Problem, cont: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Integer widths at the problem's multiples (steps 3-4 of the module docstring)."""
+    base = problem.baseline
     units = {}
     for dim, w in cont.items():
         m = problem.multiple[dim]
@@ -219,12 +287,15 @@ def solve_report(baseline: ModelSpec, taper: Taper | str, *, constraint: str = "
         if total < L:
             need = L * m
             raise ValueError(
-                f"taper {dim}: the {constraint} budget leaves {w.sum():.0f} "
+                f"taper {dim}: the {problem.constraint} budget leaves {w.sum():.0f} "
                 f"{dim} width over {L} layers, under the minimum of one multiple ({m}) per "
                 f"layer ({need}); lower the rounding multiple or the taper's strength")
         units[dim] = discretise(w / m, total_units=total, direction=problem.direction[dim])
     units = _repair(problem, units)
-    lists = {dim: units[dim] * problem.multiple[dim] for dim in units}
+    return {dim: units[dim] * problem.multiple[dim] for dim in units}
+
+
+def _apply(base: ModelSpec, taper: Taper, lists: dict[str, np.ndarray]) -> ModelSpec:
     overrides = {"taper": str(taper)}
     if "ffn" in lists:
         overrides["layer_ffn"] = tuple(int(v) for v in lists["ffn"])
@@ -233,21 +304,7 @@ def solve_report(baseline: ModelSpec, taper: Taper | str, *, constraint: str = "
         overrides["layer_kv_heads"] = tuple(int(v) // base.group_size for v in lists["heads"])
     if "embed" in lists:
         overrides["layer_d_model"] = tuple(int(v) for v in lists["embed"])
-    spec = dataclasses.replace(base, **overrides)
-    cost = count(spec)
-    checks = {"params": [("params", cost.params, base_cost.params)],
-              "flops": [("flops_per_token", cost.flops_per_token, base_cost.flops_per_token)]}
-    checks["both"] = checks["params"] + checks["flops"]
-    for name, got, want in checks[constraint]:
-        rel = (got - want) / want
-        if abs(rel) > tolerance:
-            raise ValueError(
-                f"taper {taper}: cannot meet the {name} budget: {format_number(float(got))} vs "
-                f"baseline {format_number(float(want))} ({rel:+.4%}), over tolerance "
-                f"{format_number(tolerance)}; loosen tolerance or lower the rounding multiple")
-    realised = {dim: tuple(float(v) / _base(dim, base) for v in lists[dim]) for dim in lists}
-    nominal = {dim: tuple(float(v) for v in problem.nominal[dim]) for dim in lists}
-    return Solution(spec, base, cost, base_cost, nominal, realised)
+    return dataclasses.replace(base, **overrides)
 
 
 def solve(baseline: ModelSpec, taper: Taper | str, *, constraint: str = "params",

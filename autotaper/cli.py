@@ -61,6 +61,7 @@ def cmd_plan(args) -> int:
                "constraint": args.constraint, "baseline": _side(sol.baseline, sol.baseline_cost),
                "tapered": _side(sol.spec, sol.cost),
                "delta": {"params": sol.params_delta, "flops_per_token": sol.flops_delta},
+               "multiples": sol.multiples, "default_multiples": sol.default_multiples,
                "ratios": {dim: {"nominal": list(sol.nominal[dim]), "realised": list(sol.realised[dim])}
                           for dim in sol.realised}}
         print(json.dumps(out))
@@ -83,6 +84,10 @@ def format_plan(sol) -> str:
         nom = ", ".join(f"{r:.3f}" for r in sol.nominal[dim])
         real = ", ".join(f"{r:.3f}" for r in sol.realised[dim])
         lines += ["", f"{dim} ratios nominal : {nom}", f"{dim} ratios realised: {real}"]
+    if sol.multiples:
+        used = ", ".join(f"{dim} {m}" + (f" (default {sol.default_multiples[dim]} missed the budget)"
+                                          if dim in sol.finer else "") for dim, m in sol.multiples.items())
+        lines += ["", f"rounding multiples: {used}"]
     b, t = sol.baseline_cost, sol.cost
     lines += ["", f"{'':<22}{'uniform':>18}{'tapered':>18}{'delta':>16}",
               f"{'params':<22}{b.params:>18,}{t.params:>18,}{t.params - b.params:>+16,}",

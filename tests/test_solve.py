@@ -72,6 +72,31 @@ def test_infeasible_budget_says_which_constraint_and_how_much():
         solve(ModelSpec.from_name("440m"), "embed:cosine:1.5:0.5", constraint="both")
 
 
+def test_budget_comes_before_the_default_multiple():
+    base = ModelSpec.from_name("proxy-s")
+    # the default embed multiple (16 for d_model 256) misses the params budget by 0.19%
+    with pytest.raises(ValueError, match=r"cannot meet the params budget: .*\+0\.1926%.* at rounding multiples 16;"):
+        solve_report(base, "embed:linear:1.2:0.8:m=16")
+    sol = solve_report(base, "embed:linear:1.2:0.8")
+    assert sol.multiples == {"embed": 8} and sol.default_multiples == {"embed": 16} and sol.finer == {"embed": 8}
+    assert abs(sol.params_delta) <= 1e-3 * sol.baseline_cost.params
+    assert all(w % 8 == 0 for w in sol.spec.layer_d_model)
+    assert any(w % 16 for w in sol.spec.layer_d_model)  # really used the finer multiple
+    # a taper the default already meets keeps it
+    ok = solve_report(base, "ffn:cosine:1.5:0.5")
+    assert ok.multiples == {"ffn": 16} and ok.finer == {}
+    # when no multiple down to the floor (8) meets it, the error lists every one tried
+    with pytest.raises(ValueError, match=r"at rounding multiples 64/32/16/8;"):
+        solve_report(ModelSpec.from_name("440m"), "embed:cosine:1.5:0.5", constraint="both")
+
+
+def test_plan_reports_the_finer_multiple(capsys):
+    from autotaper.cli import main
+
+    assert main(["plan", "--preset", "proxy-s", "--taper", "embed:linear:1.2:0.8"]) == 0
+    assert "rounding multiples: embed 8 (default 16 missed the budget)" in capsys.readouterr().out
+
+
 def test_bad_arguments():
     base = ModelSpec.from_name("tiny")
     with pytest.raises(ValueError, match="constraint must be one of"):
@@ -100,7 +125,8 @@ def test_random_ffn_tapers_hit_the_budget_and_keep_their_shape(dt, preset):
     except ValueError as e:
         assert "minimum of one multiple" in str(e)
         return
-    m = dt.multiple or 16
+    m = sol.multiples["ffn"]
+    assert m == dt.multiple if dt.multiple else m in (16, 8)
     widths = np.array(sol.spec.layer_ffn)
     assert np.all(widths % m == 0) and widths.min() >= m
     direction = dt.direction(base.n_layers)

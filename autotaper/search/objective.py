@@ -227,6 +227,7 @@ class TaperObjective:
             else:
                 sol = solve_report(self.base, cand.taper, constraint=p.constraint, tolerance=p.tolerance)
                 spec, cost = sol.spec, sol.cost
+                finer = sol.finer  # rounded finer than the default to meet the budget
         except ValueError as e:
             trial.set_user_attr("taper", str(cand.taper))
             trial.set_user_attr("status", "infeasible")
@@ -247,6 +248,8 @@ class TaperObjective:
                             "d_model": list(spec.layer_d_model)}}
         if cand.train:
             attrs["train"] = cand.train
+        if cand.spec is None and finer:
+            attrs["multiples"] = sol.multiples
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         stored = trial.study.user_attrs
