@@ -688,3 +688,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autotaper: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`, `| grep -m1`): end quietly, as git and coreutils do.
+        # Later writes (the interpreter's final flush included) go to /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13  # the shell's status for a writer killed by SIGPIPE

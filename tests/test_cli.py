@@ -8,7 +8,7 @@ from autotaper.cli import main
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "autotaper", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "autotaper", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_plan_json_has_baseline_and_tapered(capsys):
@@ -126,3 +126,14 @@ def test_train_needs_a_preset_or_a_spec_not_both(tmp_path):
     assert neither.returncode == 2 and "--preset" in neither.stderr
     both = run_cli("train", "--spec", "x.json", "--preset", "tiny", "--steps", "1")
     assert both.returncode == 2 and "--spec gives the whole model" in both.stderr
+
+
+@pytest.mark.parametrize("args", [["presets"], ["plan", "--preset", "440m", "--taper", "ffn:cosine:1.5:0.5"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(args):
+    """`autotaper presets | head -1`: the pipe's read end is closed before anything is written,
+    so the very first write fails with EPIPE, every time."""
+    proc = subprocess.Popen([sys.executable, "-m", "autotaper", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert err == "", err  # no traceback, no "Exception ignored" at the interpreter's exit
