@@ -103,6 +103,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
     p.add_argument("--data", help="text file, directory, glob, .bin/.npy tokens, or hf:PATH "
                    "(default: the embedded standard-library corpus)")
+    p.add_argument("--strict-data", action="store_true",
+                   help="refuse a data folder or glob holding files that are not UTF-8 text (default: skip them)")
     p.add_argument("--tokenizer", default="bytes", choices=["bytes", "bpe"])
     p.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default 4096)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per step (default 16)")
@@ -133,11 +135,18 @@ def _train_config(args, seed: int):
 def _data_and_baseline(args):
     import dataclasses
 
-    from autotaper.data import load_data
-
-    data = load_data(args.data, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+    data = _load_data(args)
     base = _baseline(args)
     return data, dataclasses.replace(base, vocab_size=data.vocab_size)
+
+
+def _load_data(args):
+    from autotaper.data import load_data
+
+    data = load_data(args.data, tokenizer=args.tokenizer, vocab_size=args.vocab_size, strict=args.strict_data)
+    if data.note():
+        print(data.note(), file=sys.stderr)
+    return data
 
 
 def _slug(text: str) -> str:
@@ -150,13 +159,12 @@ def cmd_train(args) -> int:
 
     config = _train_config(args, args.seed)
     if args.spec:
-        from autotaper.data import load_data
         from autotaper.spec import ModelSpec
 
         if args.preset or args.family or args.taper != "uniform":
             raise UsageError("autotaper train: --spec gives the whole model; leave out --preset, --family and --taper")
         spec = ModelSpec.load(args.spec)
-        data = load_data(args.data, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+        data = _load_data(args)
         name = Path(args.spec).stem
     elif args.preset:
         data, base = _data_and_baseline(args)
@@ -261,12 +269,19 @@ def cmd_search(args) -> int:
     return 0
 
 
+def _add_data_override(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="override the proxy's data (a study keeps one corpus: a worker elsewhere passes "
+                   "the study's corpus folder)")
+    p.add_argument("--strict-data", action="store_true", help="refuse data folders holding files that are not text")
+
+
 def _load_space(args):
     from autotaper.search import load_space
 
     seeds = getattr(args, "seeds", None)
     overrides = {"preset": getattr(args, "preset", None), "family": getattr(args, "family", None),
-                 "steps": getattr(args, "steps", None)}
+                 "steps": getattr(args, "steps", None), "data": getattr(args, "data", None),
+                 "strict_data": getattr(args, "strict_data", None) or None}
     if seeds is not None:
         overrides["seeds"] = {"min": seeds[0], "max": seeds[1]}
     space = load_space(args.space, overrides=overrides)
@@ -555,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", help="override the space's proxy family")
     p.add_argument("--steps", type=_positive(int), help="override the proxy's training steps")
     p.add_argument("--seeds", type=_seeds, help="override the proxy's paired seeds: N, or MIN:MAX to race")
+    _add_data_override(p)
     p.add_argument("--budget", type=_duration, help="plan trials to finish in this wall time: 600, 600s, 10m, 1.5h "
                    "(default: the space's search.budget)")
     p.add_argument("--no-confirm", action="store_true", help="skip the confirmation on fresh seeds")
@@ -580,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", help="override the space's proxy family")
     p.add_argument("--steps", type=_positive(int), help="override the proxy's training steps")
     p.add_argument("--seeds", type=_seeds, help="override the proxy's paired seeds: N or MIN:MAX")
+    _add_data_override(p)
     p.add_argument("--lr", type=_floats, nargs="?", const=(),
                    help="also sweep uniform's learning rate: these values (e.g. 1e-3,2e-3,4e-3), or with no "
                    "value 0.5x, 1x and 2x the proxy's")

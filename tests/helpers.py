@@ -3,6 +3,8 @@ exact contents or on the network)."""
 
 from pathlib import Path
 
+from autotaper.search import FunctionSpace
+
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
          "sigma tau upsilon phi chi psi omega").split()
 
@@ -54,3 +56,40 @@ def assert_raced(study, n_min: int, n_max: int) -> int:
             assert s.mean < 0 and s.ci95[0] <= 0 <= s.ci95[1], (t.number, k)
             added += 1
     return added
+
+
+def raising_candidate(trial):
+    """A space function whose middle grid point makes training raise a TypeError on the
+    worker (a learning rate of None reaches `float()`): an exception nobody planned for."""
+    from autotaper.search import Candidate
+
+    strength = trial.suggest_categorical("strength", [0.2, 0.3, 0.4])
+    return Candidate(taper=f"ffn:linear:{1 + strength}:{1 - strength}", train={"lr": None} if strength == 0.3 else {})
+
+
+class RaisingGrid(FunctionSpace):
+    """`raising_candidate` under the grid sampler (at module level: Tune pickles spaces)."""
+
+    def grid(self):
+        return {"strength": [0.2, 0.3, 0.4]}
+
+
+def vanishing_candidate(trial):
+    """Deletes the folders named in $AUTOTAPER_VANISH (the corpus and its token cache) when the
+    driver proposes the first trial, after it loaded the data: workers that read the data
+    from disk instead of from the driver fail."""
+    import os
+    import shutil
+
+    for path in os.environ.get("AUTOTAPER_VANISH", "").split(os.pathsep):
+        if path:
+            shutil.rmtree(path, ignore_errors=True)
+    strength = trial.suggest_categorical("strength", [0.2, 0.4])
+    return f"ffn:linear:{1 + strength}:{1 - strength}"
+
+
+class Grid(FunctionSpace):
+    """A function space under the grid sampler over `strength` 0.2 and 0.4."""
+
+    def grid(self):
+        return {"strength": [0.2, 0.4]}

@@ -3,6 +3,8 @@ resume, failed and infeasible trials (a conformance suite in the manner of Optun
 `optuna/testing/pytest_samplers.py`). The Ray backend runs on a local Ray instance started
 once for this module."""
 
+from pathlib import Path
+
 import optuna
 import pytest
 
@@ -20,7 +22,9 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_instance():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # workers import spaces defined in tests.helpers, as a user's workers import theirs
+    root = str(Path(__file__).resolve().parents[1])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": root}})
     yield
     ray.shutdown()
 
@@ -120,3 +124,47 @@ def test_racing_and_confirmation_have_the_same_semantics(search, corpus):
                 assert f"run/{t.user_attrs['spec_key']}/seed{s}" in study.user_attrs
     conf = leaderboard(url, "micro")["confirmation"]
     assert conf["seeds"] == [1000, 1001] and conf["candidates"]
+
+
+def test_a_trial_whose_training_raises_fails_with_its_message_and_the_search_goes_on(search, corpus):
+    """An exception nobody planned for, raised inside training on the worker (a learning rate
+    of None reaches `float()`): that trial is FAIL with the exception's one line, the others
+    complete, on both backends."""
+    from autotaper.search import Proxy, Settings
+    from autotaper.search.space import Confirm
+    from tests.helpers import RaisingGrid, raising_candidate
+
+    proxy = Proxy(preset="tiny", steps=10, batch_size=8, seeds=2, precision="fp32", data=corpus, eval_every=5)
+    space = RaisingGrid(raising_candidate, proxy=proxy, name="raises",
+                          settings=Settings(sampler="grid", pruner="none", n_trials=3, seed=0, confirm=Confirm(top_k=0)))
+    url = search(space)
+    study = optuna.load_study(study_name="raises", storage=url)
+    by_strength = {t.params.get("strength"): t for t in study.trials if "strength" in t.params}
+    bad = by_strength[0.3]
+    assert bad.state == optuna.trial.TrialState.FAIL and bad.user_attrs["status"] == "failed"
+    assert bad.user_attrs["reason"] == ("TypeError: float() argument must be a string or a real number, "
+                                        "not 'NoneType'")
+    assert all(by_strength[s].state == optuna.trial.TrialState.COMPLETE for s in (0.2, 0.4))
+
+
+def test_ray_trials_train_on_the_drivers_tokens_not_their_own_disk(ray_instance, tmp_path, monkeypatch):
+    """The corpus and its cache vanish once the driver has loaded them: every trial still
+    trains, on the token arrays the driver sent through the object store."""
+    import os
+
+    from autotaper.search import Proxy, Settings
+    from autotaper.search.ray_backend import run_ray_search
+    from autotaper.search.space import Confirm
+    from tests.helpers import Grid, vanishing_candidate
+
+    corpus = str(write_corpus(tmp_path / "doomed"))
+    monkeypatch.setenv("AUTOTAPER_VANISH", os.pathsep.join([corpus, str(tmp_path / "cache")]))
+    proxy = Proxy(preset="tiny", steps=10, batch_size=8, seeds=2, precision="fp32", data=corpus, eval_every=5)
+    space = Grid(vanishing_candidate, proxy=proxy, name="vanish",  # 3 = the uniform reference + 2
+                 settings=Settings(sampler="grid", pruner="none", n_trials=3, seed=0, confirm=Confirm(top_k=0)))
+    url = run_ray_search(space, quiet=True, cpus_per_trial=1, tune_storage="tune").storage
+    assert not os.path.exists(corpus)
+    study = optuna.load_study(study_name="vanish", storage=url)
+    tried = [t for t in study.trials if "strength" in t.params]
+    assert len(tried) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in tried), \
+        [(t.state, t.user_attrs.get("reason")) for t in tried]

@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -101,7 +104,7 @@ def test_hugging_face_dataset_from_disk(tmp_path):
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist"),
     ("empty_dir", "holds no text files"),
-    ("binary", "not UTF-8 text"),
+    ("binary", "not usable text \\(binary content\\)"),
     ("glob", "matches no files"),
     ("odd_bin", "odd byte length"),
     ("one_file", "at least two documents"),
@@ -158,3 +161,81 @@ def test_unchanged_files_reopen_the_cache_and_changed_files_rebuild_it(corpus, t
     (corpus / "doc03.py").write_text((corpus / "doc03.py").read_text() + "# one more line\n")
     changed = load_data(str(corpus), cache_dir=cache)
     assert changed.manifest["content_sha256"] != first.manifest["content_sha256"]
+
+
+def _odd_tree(corpus):
+    """A real source tree's odd files: Latin-1 text (like CPython's
+    test/encoded_modules/module_iso_8859_1.py), a binary blob with a text suffix, and a
+    file whose bad byte lies past the first 8 KiB that a sniffer would read."""
+    (corpus / "enc").mkdir()
+    (corpus / "enc" / "module_iso_8859_1.py").write_bytes("# -*- coding: iso-8859-1 -*-\nx = 'caf\xe9'\n".encode("latin-1"))
+    (corpus / "blob.txt").write_bytes(bytes(range(256)) * 4)
+    (corpus / "late.md").write_bytes(b"a" * 10_000 + b"\xff tail\n")
+    return corpus
+
+
+def test_a_data_folder_skips_files_that_are_not_text_and_says_which(corpus, tmp_path, monkeypatch):
+    _odd_tree(corpus)
+    (corpus / "locked.txt").write_text("secret")
+    real = Path.read_bytes
+
+    def read_bytes(self):  # root reads a chmod 000 file, so unreadability is injected here
+        if self.name == "locked.txt":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    data = load_data(str(corpus), cache_dir=tmp_path / "cache")
+    skipped = data.manifest["skipped"]
+    assert skipped["count"] == 4 and skipped["of"] == 12
+    assert data.manifest["train_documents"] + data.manifest["val_documents"] == 8  # the clean files only
+    note = data.note().splitlines()[0]  # the second line: this tiny corpus's small validation split
+    assert "skipped 4 of 12 files" in note and "and 1 more" in note
+    assert "blob.txt (binary content)" in note and "enc/module_iso_8859_1.py (not UTF-8: byte 0xe9 at offset 37)" in note
+    assert "--strict-data" in note
+    # the same tree through a glob skips the same files
+    globbed = load_data(str(corpus / "**" / "*.*"), cache_dir=tmp_path / "cache2")
+    assert globbed.manifest["skipped"]["count"] == 4
+    assert globbed.manifest["content_sha256"] == data.manifest["content_sha256"]
+    # strict refuses, on the cached fast path too, naming a file
+    for cache in ("cache", "fresh"):
+        with pytest.raises(ValueError, match=r"is not usable text \(.*\).*leave out --strict-data"):
+            load_data(str(corpus), cache_dir=tmp_path / cache, strict=True)
+
+
+def test_a_clean_copy_of_a_skipping_corpus_has_no_skip_note(corpus, tmp_path):
+    """The skipped files are part of the cache key: the same text without them says nothing."""
+    import shutil
+
+    clean = shutil.copytree(corpus, tmp_path / "clean")
+    _odd_tree(corpus)
+    cache = tmp_path / "cache"
+    assert load_data(str(corpus), cache_dir=cache).manifest["skipped"]["count"] == 3
+    data = load_data(str(clean), cache_dir=cache, strict=True)
+    assert "skipped" not in data.manifest and "skipped" not in data.note()
+
+
+def test_a_folder_of_nothing_but_odd_files_is_refused(tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"\x00\x01" * 100)
+    (folder / "b.txt").write_bytes(b"\xff" * 100)
+    with pytest.raises(ValueError, match=r"none of the 2 files of .* is usable text \(first: 'a.txt', binary content\)"):
+        load_data(str(folder), cache_dir=tmp_path / "cache")
+
+
+def test_cli_train_skips_with_one_line_and_strict_data_refuses(corpus, tmp_path):
+    import subprocess
+    import sys
+
+    _odd_tree(corpus)
+    args = [sys.executable, "-m", "autotaper", "train", "--preset", "tiny", "--taper", "uniform", "--steps", "2",
+            "--batch-size", "2", "--data", str(corpus), "--precision", "fp32", "--quiet"]
+    env = {**os.environ, "AUTOTAPER_CACHE": str(tmp_path / "cache")}
+    ok = subprocess.run(args + ["--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert sum("skipped 3 of 11 files" in line for line in ok.stderr.splitlines()) == 1
+    strict = subprocess.run(args + ["--out", str(tmp_path / "run2"), "--strict-data"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert strict.returncode == 2 and len(strict.stderr.strip().splitlines()) == 1, strict.stderr
+    assert "not usable text" in strict.stderr and not (tmp_path / "run2").exists()

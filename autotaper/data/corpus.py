@@ -79,15 +79,16 @@ def stdlib_documents() -> Iterator[tuple[str, bytes]]:
         yield path.relative_to(root).as_posix(), path.read_bytes()
 
 
-def _looks_binary(data: bytes) -> bool:
-    head = data[:8192]
-    if b"\x00" in head:
-        return True
+def text_problem(data: bytes) -> str | None:
+    """Why `data` is not UTF-8 text, or None when it is. The whole file is decoded: a
+    tokenizer that replaced bad bytes would count bits per byte against the wrong bytes."""
+    if b"\x00" in data[:8192]:
+        return "binary content"
     try:
-        head.decode("utf-8")
+        data.decode("utf-8")
     except UnicodeDecodeError as e:
-        return e.start < len(head) - 4  # a character cut at the sample's end is fine
-    return False
+        return f"not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start}"
+    return None
 
 
 def resolve_text_files(source: str) -> list[Path]:
@@ -109,14 +110,39 @@ def resolve_text_files(source: str) -> list[Path]:
     return [path]
 
 
-def file_documents(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
+SKIP_SHOWN = 3  # skipped files named in the summary line
+
+
+def file_documents(paths: list[Path], *, strict: bool = False,
+                   skipped: list[tuple[str, str]] | None = None) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) per readable UTF-8 file. Other files are appended to `skipped` as
+    (name, why) and left out, or with `strict` refused with a one-line error. A single
+    file named on its own is always refused: there is nothing to fall back on."""
     common = os.path.commonpath([str(p.resolve()) for p in paths]) if len(paths) > 1 else str(paths[0].parent.resolve())
     for path in paths:
-        data = path.read_bytes()
-        if _looks_binary(data):
-            raise ValueError(f"data: {str(path)!r} is not UTF-8 text (binary content); pass text, "
-                             f"or a .bin/.npy token file")
-        yield os.path.relpath(str(path.resolve()), common), data
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            why = f"unreadable: {e.strerror or e}"
+        else:
+            why = text_problem(data)
+        if why is None:
+            yield os.path.relpath(str(path.resolve()), common), data
+            continue
+        if strict or skipped is None or len(paths) == 1:
+            hint = "; pass text, or a .bin/.npy token file" if len(paths) == 1 else \
+                "; leave out --strict-data to skip such files"
+            raise ValueError(f"data: {str(path)!r} is not usable text ({why}){hint}")
+        skipped.append((os.path.relpath(str(path.resolve()), common), why))
+
+
+def skipped_summary(first: list[tuple[str, str]], count: int, total: int) -> str:
+    """The one line that says which files a corpus left out: `count` of `total`, the
+    first few (name, why) named."""
+    shown = ", ".join(f"{name} ({why})" for name, why in first[:SKIP_SHOWN])
+    more = f" and {count - SKIP_SHOWN} more" if count > SKIP_SHOWN else ""
+    return (f"note: data skipped {count} of {total:,} files that are not UTF-8 text or not readable: "
+            f"{shown}{more}; --strict-data refuses them instead")
 
 
 def hf_documents(location: str, column: str = "text") -> Iterator[tuple[str, bytes]]:

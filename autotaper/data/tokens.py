@@ -21,8 +21,8 @@ from typing import Iterator
 
 import numpy as np
 
-from autotaper.data.corpus import (SPLIT_VERSION, file_documents, hf_documents, resolve_text_files,
-                                   split_documents, stdlib_documents, stdlib_files)
+from autotaper.data.corpus import (SKIP_SHOWN, SPLIT_VERSION, file_documents, hf_documents, resolve_text_files,
+                                   skipped_summary, split_documents, stdlib_documents, stdlib_files)
 from autotaper.data.tokenizer import BPETokenizer, ByteTokenizer
 
 DEFAULT_BPE_VOCAB = 4096
@@ -57,14 +57,19 @@ class TokenData:
             raise ValueError(f"data: token id {top} is over the model's vocab_size={vocab_size}")
 
     def note(self) -> str | None:
-        """A line to print when the validation split is small (see `data.corpus`)."""
+        """Lines to print about the corpus: files it skipped, a small validation split (see
+        `data.corpus`); None when there is nothing to say."""
         from autotaper.data.corpus import MIN_VAL_BYTES
 
+        lines = []
+        skipped = self.manifest.get("skipped")
+        if skipped:
+            lines.append(skipped_summary([tuple(x) for x in skipped["first"]], skipped["count"], skipped["of"]))
         val_bytes = self.manifest.get("val_bytes")
-        if val_bytes is None or val_bytes >= MIN_VAL_BYTES:
-            return None
-        return (f"note: corpus {self.name} validates on only {val_bytes:,} bytes ({len(self.val):,} tokens, under "
-                f"{MIN_VAL_BYTES:,}): small effects will be hard to rank; give --data a larger corpus")
+        if val_bytes is not None and val_bytes < MIN_VAL_BYTES:
+            lines.append(f"note: corpus {self.name} validates on only {val_bytes:,} bytes ({len(self.val):,} tokens, "
+                         f"under {MIN_VAL_BYTES:,}): small effects will be hard to rank; give --data a larger corpus")
+        return "\n".join(lines) or None
 
     def fingerprint(self) -> str:
         return self.manifest["content_sha256"][:16] + "-" + self.manifest["tokenizer"]["name"]
@@ -88,14 +93,19 @@ def val_windows(tokens: np.ndarray, *, n: int, context_length: int) -> np.ndarra
 
 # -- building -------------------------------------------------------------------------
 def load_data(source: str | None = None, *, tokenizer: str = "bytes", vocab_size: int | None = None,
-              cache_dir: str | Path | None = None, hf_column: str = "text") -> TokenData:
-    """Token data for `source` (see the package docstring), tokenised and cached once."""
+              cache_dir: str | Path | None = None, hf_column: str = "text", strict: bool = False) -> TokenData:
+    """Token data for `source` (see the package docstring), tokenised and cached once.
+
+    Files of a directory or glob that are not UTF-8 text, or not readable, are left out and
+    named in `TokenData.note()` (and the manifest's "skipped"); `strict` refuses them."""
     if tokenizer not in ("bytes", "bpe"):
         raise ValueError(f"tokenizer must be 'bytes' or 'bpe', got {tokenizer!r}")
     root = Path(cache_dir) if cache_dir else cache_root()
     if source is not None and not str(source).startswith("hf:") and str(source).endswith(TOKEN_SUFFIXES):
         return _load_token_file(Path(source))
     if source is not None and Path(source).is_dir() and (Path(source) / "train.bin").exists():
+        if (Path(source) / "manifest.json").exists() and (Path(source) / "token_bytes.npy").exists():
+            return _open(Path(source))  # a corpus folder of this cache, copied from another machine
         return _load_token_dir(Path(source))
     vocab = vocab_size or (256 if tokenizer == "bytes" else DEFAULT_BPE_VOCAB)
     suffix = f"{tokenizer}{'' if tokenizer == 'bytes' else vocab}-split{SPLIT_VERSION}"
@@ -105,28 +115,48 @@ def load_data(source: str | None = None, *, tokenizer: str = "bytes", vocab_size
     if stamp_file is not None and stamp_file.exists():
         target = root / "corpus" / stamp_file.read_text().strip()
         if (target / "manifest.json").exists():
-            return _open(target)
+            return _strict_check(_open(target), strict)
+    skipped: list[tuple[str, str]] = []
     if source is None:
         name, docs = "stdlib", list(stdlib_documents())
     elif str(source).startswith("hf:"):
         name, docs = f"hf:{source[3:]}", list(hf_documents(source[3:], hf_column))
     else:
-        name, docs = str(source), list(file_documents(resolve_text_files(str(source))))
+        paths = resolve_text_files(str(source))
+        name, docs = str(source), list(file_documents(paths, strict=strict, skipped=skipped))
+        if skipped and not docs:
+            first, why = skipped[0]
+            raise ValueError(f"data: none of the {len(paths):,} files of {name!r} is usable text "
+                             f"(first: {first!r}, {why})")
     if not docs or not any(d for _, d in docs):
         raise ValueError(f"data: source {name!r} holds no text")
+    extra = {"skipped": {"count": len(skipped), "of": len(docs) + len(skipped),
+                         "first": [list(x) for x in skipped[:SKIP_SHOWN]]}} if skipped else {}
     sha = hashlib.sha256()
     for doc_name, data in docs:
         sha.update(doc_name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
     content = sha.hexdigest()
     key = f"{content[:16]}-{suffix}"
+    if skipped:  # the same text with other files skipped: its own cache, so the note stays true
+        key += "-skip" + hashlib.sha256(repr(skipped).encode()).hexdigest()[:8]
     target = root / "corpus" / key
     if not (target / "manifest.json").exists():
-        _build(target, name, docs, content, tokenizer, vocab)
+        _build(target, name, docs, content, tokenizer, vocab, extra)
     if stamp_file is not None:
         from autotaper.train.checkpoint import atomic_write_text
 
         atomic_write_text(stamp_file, key)
     return _open(target)
+
+
+def _strict_check(data: TokenData, strict: bool) -> TokenData:
+    """A cache built without --strict-data may have skipped files that strict refuses."""
+    skipped = data.manifest.get("skipped")
+    if strict and skipped:
+        first, why = skipped["first"][0]
+        raise ValueError(f"data: {first!r} in {data.name!r} is not usable text ({why}), and "
+                         f"{skipped['count'] - 1} more; leave out --strict-data to skip such files")
+    return data
 
 
 def _stamp_file(root: Path, source: str | None, suffix: str) -> Path | None:
@@ -147,7 +177,7 @@ def _stamp_file(root: Path, source: str | None, suffix: str) -> Path | None:
     return root / "stamps" / h.hexdigest()[:32]
 
 
-def _build(target: Path, name: str, docs, content: str, tokenizer: str, vocab: int) -> None:
+def _build(target: Path, name: str, docs, content: str, tokenizer: str, vocab: int, extra: dict) -> None:
     train_docs, val_docs = split_documents(docs)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
@@ -173,7 +203,7 @@ def _build(target: Path, name: str, docs, content: str, tokenizer: str, vocab: i
             "python": platform.python_version(), "dtype": "uint16", "max_token": max_token,
             "train_tokens": sizes["train"][0], "val_tokens": sizes["val"][0],
             "train_bytes": sizes["train"][1], "val_bytes": sizes["val"][1],
-            "train_documents": sizes["train"][2], "val_documents": sizes["val"][2],
+            "train_documents": sizes["train"][2], "val_documents": sizes["val"][2], **extra,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         try:

@@ -86,7 +86,6 @@ def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: 
                prefix: str | None = None, out_dir: str | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) the ladder; returns the report (also written to out_dir/ladder.json)."""
     from autotaper.cost import count
-    from autotaper.data import load_data
     from autotaper.search.confirm import confirm_study, pick
     from autotaper.search.engine import open_study, run_search
     from autotaper.search.objective import metric_key
@@ -94,7 +93,7 @@ def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: 
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     started = time.time()
     p = space.proxy
-    data = load_data(p.data, tokenizer=p.tokenizer, vocab_size=p.vocab_size)
+    data = p.load_data()
     target_spec, target_name = load_target(target)
     target_cost = count(target_spec)
     prefix = prefix or space.name

@@ -201,10 +201,9 @@ def calibrate(space: BaseSpace, *, storage: str | None = None, study_name: str |
               lrs: Sequence[float] = (), refresh: bool = False, quiet: bool = False) -> tuple[Calibration, str, str]:
     """`autotaper calibrate`: measure (or read) the noise floor of a space's proxy, in the
     study a search of the space uses. Returns (calibration, study name, storage URL)."""
-    from autotaper.data import load_data
-    from autotaper.search.engine import open_study
+    from autotaper.search.engine import check_corpus, open_study
 
     study, url = open_study(space, storage=storage, study_name=study_name)
-    p = space.proxy
-    data = load_data(p.data, tokenizer=p.tokenizer, vocab_size=p.vocab_size)
+    data = space.proxy.load_data()
+    check_corpus(study, data)
     return measure_noise(study, space, data, lrs=lrs, quiet=quiet, refresh=refresh), study.study_name, url

@@ -178,8 +178,7 @@ def verdict(conf: dict) -> dict:
 def confirm(*, storage: str | None = None, study_name: str, top_k: int = 3, seeds: int = 3,
             quiet: bool = False) -> dict:
     """`autotaper confirm --study X`: confirm any existing study's best tapers on fresh seeds."""
-    from autotaper.data import load_data
-    from autotaper.search.engine import SPACE_ATTR
+    from autotaper.search.engine import SPACE_ATTR, check_corpus
     from autotaper.search.results import load
 
     study, _ = load(storage, study_name)
@@ -187,6 +186,6 @@ def confirm(*, storage: str | None = None, study_name: str, top_k: int = 3, seed
     if identity is None:
         raise ValueError(f"confirm: study {study_name!r} was not made by autotaper (no recorded space)")
     space = StoredSpace(identity)
-    p = space.proxy
-    data = load_data(p.data, tokenizer=p.tokenizer, vocab_size=p.vocab_size)
+    data = space.proxy.load_data()
+    check_corpus(study, data)
     return confirm_study(study, space, data, top_k=top_k, seeds=seeds, quiet=quiet)

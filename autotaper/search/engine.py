@@ -24,6 +24,10 @@ from autotaper.search.space import PAPER_DEFAULT, BaseSpace
 from autotaper.search.storage import default_location, fail_dead_trials, open_storage
 
 SPACE_ATTR = "autotaper/space"
+CORPUS_ATTR = "autotaper/corpus"
+# Where the data comes from may differ between workers (paths, --strict-data); what it is
+# (CORPUS_ATTR) may not.
+LOCAL_PROXY_FIELDS = ("data", "strict_data")
 
 
 def make_sampler(space: BaseSpace, *, worker: int = 0, workers: int = 1):
@@ -82,11 +86,55 @@ def open_study(space: BaseSpace, *, storage: str | None, study_name: str | None,
     stored = study.user_attrs.get(SPACE_ATTR)
     if stored is None:
         study.set_user_attr(SPACE_ATTR, identity)
-    elif _older(stored, identity) != identity:
+    elif _comparable(_older(stored, identity)) != _comparable(identity):
+        stored, identity = _comparable(_older(stored, identity)), _comparable(identity)
         diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
         raise ValueError(f"study {name!r} in {url} was created from a different space or proxy "
                          f"({', '.join(diff)} differ); pick a new --study name")
     return study, url
+
+
+def _comparable(identity: dict) -> dict:
+    proxy = identity.get("proxy")
+    if not isinstance(proxy, dict):
+        return identity
+    return {**identity, "proxy": {k: v for k, v in proxy.items() if k not in LOCAL_PROXY_FIELDS}}
+
+
+def corpus_identity(data) -> dict:
+    """What a study's trials train on: the corpus's content hash and tokenizer, with what a
+    person needs to find it again (its name, sizes, the Python and host that built it)."""
+    import platform
+    import socket
+
+    m = data.manifest
+    return {"corpus": data.name, "content_sha256": m["content_sha256"], "tokenizer": m["tokenizer"]["name"],
+            "vocab_size": int(data.vocab_size), "train_tokens": int(len(data.train)),
+            "val_tokens": int(len(data.val)), "python": m.get("python", platform.python_version()),
+            "host": socket.gethostname(), "folder": str(data.root) if data.root else None}
+
+
+def _describe(c: dict) -> str:
+    return (f"{c['corpus']} (sha256 {c['content_sha256'][:12]}, {c['tokenizer']} tokenizer of {c['vocab_size']}, "
+            f"{c['train_tokens']:,} train tokens, built by Python {c['python']} on {c['host']})")
+
+
+def check_corpus(study, data) -> None:
+    """One corpus per study: the first worker records its corpus; a worker whose data is
+    not the same corpus is refused before it trains anything (both are named, with the
+    `--data` that gives it the study's corpus)."""
+    mine = corpus_identity(data)
+    stored = study.user_attrs.get(CORPUS_ATTR)
+    if stored is None:
+        study.set_user_attr(CORPUS_ATTR, mine)
+        return
+    key = ("content_sha256", "tokenizer", "vocab_size")
+    if all(stored.get(k) == mine[k] for k in key):
+        return
+    where = (f"copy {stored['host']}:{stored['folder']} here and pass --data with that folder" if stored.get("folder")
+             else f"pass --data {stored['corpus']} (the same files or tokens)")
+    raise ValueError(f"study {study.study_name!r} trains on corpus {_describe(stored)}; this worker's data is "
+                     f"{_describe(mine)}: {where}")
 
 
 def _older(stored: dict, identity: dict) -> dict:
@@ -167,11 +215,10 @@ def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout:
     import optuna
     import torch
 
-    from autotaper.data import load_data
-
     torch.set_num_threads(threads)
     study, _ = open_study(space, storage=url, study_name=study_name, workers=workers, worker=index)
-    data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
+    data = space.proxy.load_data()
+    check_corpus(study, data)
     objective = TaperObjective(space, data, StudyStore(study))
     stop = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
                                                             optuna.trial.TrialState.PRUNED))
@@ -187,7 +234,6 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
     search.budget), race the trials, confirm the best on fresh seeds (the space's
     search.confirm; `confirm=False` skips it). `workers="auto"` sizes the worker pool from
     the device (`autotaper.search.workers`). Returns where the results are."""
-    from autotaper.data import load_data
 
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     if workers == "auto":
@@ -208,7 +254,8 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
     dead = fail_dead_trials(study)
     if dead:
         say(f"marked {len(dead)} interrupted trial(s) failed: {dead}")
-    data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
+    data = space.proxy.load_data()
+    check_corpus(study, data)
     p = space.proxy
     seeds = f"{p.seeds}..{p.max_seeds} seeds (racing)" if p.racing else f"{p.seeds} seeds"
     say(f"study {study.study_name} in {url}: {finished(study)} of {n_trials} trials done; "

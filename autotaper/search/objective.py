@@ -42,6 +42,12 @@ from autotaper.stats import paired
 INFEASIBLE_PENALTY = 1.0  # bits per byte: worse than any real taper, so samplers steer away
 
 
+def one_line(error: BaseException) -> str:
+    """An exception as one line for a trial's `reason`: its type and first line."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
+
+
 class DuplicateCandidate(RuntimeError):
     """A trial proposed the spec another running trial is evaluating: it ends FAIL (samplers
     ignore failed trials, and they do not count towards n_trials), so its worker samples again."""
@@ -337,7 +343,12 @@ class TaperObjective:
             trial.report(value, step=step)
             return trial.should_prune()
 
-        out = self.run(prep, report, twin=lambda: running_twin(trial, key))
+        try:
+            out = self.run(prep, report, twin=lambda: running_twin(trial, key))
+        except Exception as e:  # a bug or a fault in training: FAIL with the reason; the search goes on
+            trial.set_user_attr("status", "failed")
+            trial.set_user_attr("reason", one_line(e))
+            raise
         for k, v in out.attrs(time.perf_counter() - started).items():
             trial.set_user_attr(k, v)
         if out.status == "duplicate":

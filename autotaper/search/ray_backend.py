@@ -22,8 +22,13 @@ with trials spread over every CPU, GPU and node of a Ray cluster.
   uniform baselines of the calibration seeds have trained as parallel Ray tasks.
 - Resume: the Tune experiment lives under `tune_storage` (default ~/ray_results/autotaper); running again restores it
   (`Tuner.restore`, unfinished and errored trials resumed) and the study keeps its trials.
-- Faults: a trial whose worker process dies is retried (`FailureConfig(max_failures=2)`);
-  one that keeps failing ends FAIL in the study with Tune's error as the reason.
+- Data: the driver loads the corpus once and its token arrays reach every trial and
+  baseline task through Ray's object store, so nodes whose Python (and so embedded corpus)
+  or files differ train on the same tokens.
+- Faults: a Python exception in a trial's training ends the trial FAIL at once, with the
+  exception's type and first line as the reason (a retry would raise it again); a trial
+  whose worker process dies is retried (`FailureConfig(max_failures=2)`), and one that
+  keeps failing ends FAIL in the study with Tune's error as the reason.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from autotaper.search.engine import SearchSummary, add_references, finish_search, finished, open_study, prepare_search
+from autotaper.search.engine import (SearchSummary, add_references, check_corpus, finish_search, finished, open_study,
+                                     prepare_search)
 from autotaper.search.objective import (INFEASIBLE_PENALTY, MemoryStore, TaperObjective, ensure_baselines,
-                                        metric_key, running_twin)
+                                        metric_key, one_line, running_twin)
 from autotaper.search.space import BaseSpace
 
 METRIC = "delta_bpb"
@@ -47,13 +53,13 @@ MAX_FAILURES = 2
 MAX_ROUNDS = 5  # Tune experiments per search (see the duplicates note in run_ray_search)
 
 
-def _trainable(config: dict, space: BaseSpace = None, cpus: float = 1.0) -> None:
-    """One Tune trial: train the prepared candidate on the paired seeds."""
+def _trainable(config: dict, space: BaseSpace = None, cpus: float = 1.0, data=None) -> None:
+    """One Tune trial: train the prepared candidate on the paired seeds, on the driver's token
+    arrays (`data`, from the object store: identical on every node whatever its Python)."""
     import ray
     import torch
     from ray import tune
 
-    from autotaper.data import load_data
     from autotaper.search.objective import Prepared
     from autotaper.spec import ModelSpec
 
@@ -69,7 +75,7 @@ def _trainable(config: dict, space: BaseSpace = None, cpus: float = 1.0) -> None
         tune.report({METRIC: INFEASIBLE_PENALTY, "tokens_per_s": 0.0, "step": steps_total, "final": True,
                      "attrs": {"status": "infeasible", **node}})
         return
-    data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
+    data = ray.get(data) if isinstance(data, ray.ObjectRef) else data if data is not None else space.proxy.load_data()
     store = MemoryStore(config.get("known"))
     objective = TaperObjective(space, data, store)
     prep = Prepared(spec=ModelSpec.from_dict(config["spec"]), train=config.get("train") or {})
@@ -83,7 +89,12 @@ def _trainable(config: dict, space: BaseSpace = None, cpus: float = 1.0) -> None
         tune.report({METRIC: value, "tokens_per_s": 0.0, "step": step, "final": False, "attrs": attrs})
         return False  # the scheduler stops trials itself
 
-    out = objective.run(prep, report)
+    try:
+        out = objective.run(prep, report)
+    except Exception as e:  # noqa: BLE001 - a Python error repeats on a retry: FAIL now, with its reason
+        tune.report({METRIC: INFEASIBLE_PENALTY, "tokens_per_s": 0.0, "step": steps_total, "final": True,
+                     "attrs": {**node, "status": "failed", "reason": one_line(e), NEW_RUNS: json.dumps(store.added)}})
+        return
     attrs = {**node, **out.attrs(time.perf_counter() - started),
              NEW_RUNS: json.dumps(store.added)}  # a string: Tune flattens nested dicts in results
     value = sum(out.deltas) / len(out.deltas) if out.deltas else INFEASIBLE_PENALTY
@@ -203,12 +214,8 @@ class _Define:
         return {"space": self.space, "_objective": None, "live": None}
 
     def __call__(self, trial) -> dict[str, Any]:
-        if self._objective is None:
-            from autotaper.data import load_data
-
-            p = self.space.proxy
-            self._objective = TaperObjective(self.space, load_data(p.data, tokenizer=p.tokenizer,
-                                                                   vocab_size=p.vocab_size))
+        if self._objective is None:  # after unpickling on the driver (a restored experiment)
+            self._objective = TaperObjective(self.space, self.space.proxy.load_data())
         trial.set_user_attr("backend", "ray")
         prep = self._objective.prepare(trial)
         if prep.infeasible:
@@ -250,8 +257,6 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
     import ray
     from ray import tune
 
-    from autotaper.data import load_data
-
     cpus_per_trial = space.settings.cpus_per_trial if cpus_per_trial is None else cpus_per_trial
     gpus_per_trial = space.settings.gpus_per_trial if gpus_per_trial is None else gpus_per_trial
     max_concurrent = space.settings.max_concurrent if max_concurrent is None else max_concurrent
@@ -261,7 +266,8 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
     n_trials = n_trials or space.settings.n_trials
     started = time.time()
     study, url = open_study(space, storage=storage, study_name=study_name)
-    data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
+    data = space.proxy.load_data()
+    check_corpus(study, data)
     # Ray's own default place, outside any job working directory (which Ray may clean up
     # while a `ray job submit` driver still runs).
     root = Path(tune_storage).resolve() if tune_storage else Path.home() / "ray_results" / "autotaper"
@@ -287,7 +293,8 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
                 gpus_per_trial = auto_gpu_share(space)
                 say(f"gpus_per_trial auto: {gpus_per_trial:.4g}"
                     + (f" ({round(1 / gpus_per_trial)} proxy trials per GPU)" if gpus_per_trial else " (no GPU)"))
-            _baselines_on_cluster(study, space, data, cpus_per_trial, gpus_per_trial, calibration_seeds(space))
+            shipped = ray.put(portable(data))  # every node trains on the driver's tokens
+            _baselines_on_cluster(study, space, shipped, cpus_per_trial, gpus_per_trial, calibration_seeds(space))
             budget_s = space.settings.budget_s if budget_s is None else budget_s
             cal, plan = prepare_search(study, space, data, n_trials=n_trials, started=started, budget_s=budget_s,
                                        confirm=confirm, say=say)
@@ -302,7 +309,7 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
             mode = ["min", "max"] if multi else "min"
             paths: dict[str, str] = {}
             trainable = tune.with_resources(
-                tune.with_parameters(_trainable, space=space, cpus=cpus_per_trial),
+                tune.with_parameters(_trainable, space=space, cpus=cpus_per_trial, data=shipped),
                 {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
             # An interrupted experiment is restored first (its unfinished trials resume in the same
             # study trials); trials still missing after that run in a new experiment.
@@ -381,8 +388,19 @@ def auto_gpu_share(space: BaseSpace) -> float:
     return gpu_share(space, memory)
 
 
-def _baselines_on_cluster(study, space: BaseSpace, data, cpus: float, gpus: float, seeds) -> None:
-    """Missing per-seed baselines train as Ray tasks in parallel, then are cached in the study."""
+def portable(data):
+    """`data` with its token arrays in memory rather than memory-mapped from this host's
+    cache, to travel through Ray's object store to nodes that lack the cache."""
+    import dataclasses
+
+    import numpy as np
+
+    return dataclasses.replace(data, train=np.array(data.train), val=np.array(data.val), root=None)
+
+
+def _baselines_on_cluster(study, space: BaseSpace, data_ref, cpus: float, gpus: float, seeds) -> None:
+    """Missing per-seed baselines train as Ray tasks in parallel (on the driver's token
+    arrays, `data_ref`), then are cached in the study."""
     import ray
 
     from autotaper.paired import BASELINE_KEY
@@ -390,15 +408,13 @@ def _baselines_on_cluster(study, space: BaseSpace, data, cpus: float, gpus: floa
     missing = [s for s in seeds if BASELINE_KEY.format(seed=s) not in study.user_attrs]
     if missing:
         task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_baseline_task)
-        results = ray.get([task.remote(space, s) for s in missing])
+        results = ray.get([task.remote(space, s, data_ref) for s in missing])
         for seed, entry in zip(missing, results):
             if BASELINE_KEY.format(seed=seed) not in study.user_attrs:
                 study.set_user_attr(BASELINE_KEY.format(seed=seed), entry)
 
 
-def _baseline_task(space: BaseSpace, seed: int) -> dict:
-    from autotaper.data import load_data
+def _baseline_task(space: BaseSpace, seed: int, data) -> dict:
     from autotaper.search.objective import make_evaluator
 
-    data = load_data(space.proxy.data, tokenizer=space.proxy.tokenizer, vocab_size=space.proxy.vocab_size)
     return make_evaluator(space, data, {}).baseline(seed)

@@ -107,6 +107,7 @@ class Proxy:
     precision: str = "auto"
     schedule: str = "cosine"
     compile: bool = False  # torch.compile per block (`autotaper.train.compile`): for large proxies on a GPU
+    strict_data: bool = False  # refuse a data folder holding non-text files instead of skipping them
 
     def problems(self) -> list[str]:
         from autotaper.families import family_names
@@ -120,8 +121,9 @@ class Proxy:
         if self.family is not None and self.family not in family_names():
             out.append(f"proxy.family: unknown family {self.family!r} (known: {', '.join(family_names())})")
         out += self.shape_problems()
-        if not isinstance(self.compile, bool):
-            out.append(f"proxy.compile: must be true or false, got {self.compile!r}")
+        for name in ("compile", "strict_data"):
+            if not isinstance(getattr(self, name), bool):
+                out.append(f"proxy.{name}: must be true or false, got {getattr(self, name)!r}")
         for name in ("steps", "batch_size", "seeds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -181,6 +183,12 @@ class Proxy:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def load_data(self):
+        """The proxy's token data (`autotaper.data.load_data`)."""
+        from autotaper.data import load_data
+
+        return load_data(self.data, tokenizer=self.tokenizer, vocab_size=self.vocab_size, strict=self.strict_data)
 
 
 @dataclass(frozen=True)
