@@ -1,6 +1,8 @@
 """Issue 12: real data folders, one corpus per study, faults injected for real."""
 
+import os
 import shutil
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +61,65 @@ def test_a_worker_with_other_data_is_refused_at_start_naming_both_corpora(tmp_pa
     proc = cli("search", "--space", str(space_file), "--data", theirs, "--quiet")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "this worker's data is" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- journal liveness -------------------------------------------------------------------------
+def _load(url):
+    from autotaper.search.storage import open_storage
+
+    return optuna.load_study(study_name="lease", storage=open_storage(url))
+
+
+def test_a_journal_trial_whose_worker_vanished_is_failed_by_its_expired_lease(tmp_path):
+    """A worker holds a lease while it trains; killed, its trial is failed by any other
+    worker once the lease expires, even when its host is not this one (the pid check could
+    not see it); a live worker's trial is never failed."""
+    from autotaper.search.storage import LEASE_ATTR, fail_dead_trials
+
+    corpus = str(write_corpus(tmp_path / "corpus"))
+    space = micro_space(corpus, name="lease", proxy={"steps": 300, "eval_every": 100, "batch_size": 4},
+                        search={"n_trials": 8, "sampler": "random", "seed": 0})
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    url = f"journal:{tmp_path / 'journal.log'}"
+    env = {**os.environ, "AUTOTAPER_LEASE_S": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "autotaper", "search", "--space", str(path), "--storage", url,
+                             "--quiet", "--no-confirm"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        running, seen = None, {}
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:  # the event: a lease renewed while training
+            time.sleep(0.2)
+            if not (tmp_path / "journal.log").exists():
+                continue
+            try:
+                study = _load(url)
+            except KeyError:
+                continue
+            for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+                lease = t.user_attrs.get(LEASE_ATTR)
+                if lease:
+                    first = seen.setdefault(t.number, (lease["beat"], time.time()))
+                    if lease["beat"] > first[0] and time.time() - first[1] > 3.5:
+                        running = t
+            if running is not None:
+                break
+        assert running is not None, f"no trial renewed its lease; worker status {proc.poll()}"
+        assert fail_dead_trials(_load(url)) == []  # alive and beating for longer than the lease: kept
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    study = _load(url)
+    trial = study.trials[running.number]
+    assert trial.state == optuna.trial.TrialState.RUNNING
+    # as if the worker ran elsewhere: this host's pid check cannot judge it, only the lease can
+    study._storage.set_trial_user_attr(trial._trial_id, "host", "another-host.example")
+    assert fail_dead_trials(study) == []  # the lease has not expired yet
+    deadline = time.time() + 30
+    while time.time() < deadline and time.time() - trial.user_attrs[LEASE_ATTR]["beat"] <= 3:
+        time.sleep(0.2)
+        trial = _load(url).trials[running.number]
+    assert fail_dead_trials(_load(url)) == [running.number]
+    after = _load(url).trials[running.number]
+    assert after.state == optuna.trial.TrialState.FAIL
+    assert after.user_attrs["reason"].startswith("lease expired: no beat from ") and "(lease 3 s)" in after.user_attrs["reason"]

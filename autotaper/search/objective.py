@@ -325,10 +325,23 @@ class TaperObjective:
             out.race = racing.decide(diffs, len(out.values), n_min=p.seeds, n_max=p.max_seeds)
         return out
 
+    def _lease(self, trial):
+        """A journal storage has no heartbeat: the trial holds a lease while it trains."""
+        import contextlib
+
+        from autotaper.search.storage import Lease, is_journal
+
+        storage = trial.study._storage
+        return Lease(storage, trial._trial_id) if is_journal(storage) else contextlib.nullcontext()
+
     def __call__(self, trial):
         """The Optuna backend's objective."""
         import optuna
 
+        from autotaper.search.storage import fail_expired_leases, is_journal
+
+        if is_journal(trial.study._storage):  # any worker fails trials whose worker vanished, on any host
+            fail_expired_leases(trial.study)
         started = time.perf_counter()
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
@@ -344,7 +357,8 @@ class TaperObjective:
             return trial.should_prune()
 
         try:
-            out = self.run(prep, report, twin=lambda: running_twin(trial, key))
+            with self._lease(trial):
+                out = self.run(prep, report, twin=lambda: running_twin(trial, key))
         except Exception as e:  # a bug or a fault in training: FAIL with the reason; the search goes on
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("reason", one_line(e))

@@ -7,9 +7,13 @@
     postgresql://user@host/db    several machines (needs psycopg2)
 
 RDB storages run Optuna's heartbeat, so a trial whose machine dies is failed after the
-grace period. On every machine a restart also fails at once the RUNNING trials whose
-worker process (recorded as host and pid) no longer exists, so a killed search never
-leaves trials running forever.
+grace period. Journal storages have no heartbeat; a running trial there holds a lease
+instead (`Lease`: host, pid and the time of its last beat in the trial's "lease" attr,
+renewed every LEASE_S / 6 while it trains), and every worker, on any host, fails the
+trials whose lease has expired before it starts one (`fail_expired_leases`; clocks are
+assumed synchronised to well under LEASE_S, as Optuna's heartbeat assumes). On every
+machine a restart also fails at once the RUNNING trials whose worker process (recorded as
+host and pid) no longer exists, so a killed search never leaves trials running forever.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ from __future__ import annotations
 import os
 import random
 import socket
+import threading
 import time
 from pathlib import Path
 
 DEFAULT_ROOT = Path("runs/search")
 HEARTBEAT_S = 10
 GRACE_S = 60
+LEASE_S = float(os.environ.get("AUTOTAPER_LEASE_S", GRACE_S))  # journal trials: beat at least this often
+LEASE_ATTR = "lease"
 _CREATE_RACE = ("already exists", "UniqueViolation", "duplicate key", "UNIQUE constraint failed", "database is locked")
 
 
@@ -121,6 +128,8 @@ def fail_dead_trials(study) -> list[int]:
     failed = []
     if isinstance(study._storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)
+    if is_journal(study._storage):
+        failed += fail_expired_leases(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
         if worker_gone(t):
@@ -129,4 +138,65 @@ def fail_dead_trials(study) -> list[int]:
             storage.set_trial_user_attr(t._trial_id, "reason", f"worker process {pid} died (killed or crashed)")
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             failed.append(t.number)
+    return failed
+
+
+def is_journal(storage) -> bool:
+    from optuna.storages import JournalStorage
+
+    return isinstance(storage, JournalStorage)
+
+
+class Lease:
+    """A running trial's lease in a storage without heartbeat: renewed from a daemon thread
+    every `lease_s / 6` while the `with` block runs (see the module docstring)."""
+
+    def __init__(self, storage, trial_id: int, lease_s: float | None = None):
+        self.storage, self.trial_id = storage, trial_id
+        self.lease_s = LEASE_S if lease_s is None else lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"autotaper-lease-{trial_id}", daemon=True)
+
+    def beat(self) -> None:
+        self.storage.set_trial_user_attr(self.trial_id, LEASE_ATTR, {
+            "host": socket.gethostname(), "pid": os.getpid(), "beat": time.time(), "lease_s": self.lease_s})
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 6):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - a finished trial or a storage hiccup: the next beat retries
+                pass
+
+    def __enter__(self) -> "Lease":
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def fail_expired_leases(study, *, now: float | None = None) -> list[int]:
+    """Mark FAIL the RUNNING trials whose lease expired, whatever host they ran on."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    now = time.time() if now is None else now
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        lease = t.user_attrs.get(LEASE_ATTR)
+        if not isinstance(lease, dict) or now - lease.get("beat", now) <= lease.get("lease_s", LEASE_S):
+            continue
+        storage = study._storage
+        try:
+            storage.set_trial_user_attr(t._trial_id, "status", "failed")
+            storage.set_trial_user_attr(t._trial_id, "reason", (
+                f"lease expired: no beat from {lease.get('host')} pid {lease.get('pid')} for "
+                f"{now - lease['beat']:.0f} s (lease {lease.get('lease_s', LEASE_S):.0f} s)"))
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:  # it finished, or another worker failed it first
+            continue
+        failed.append(t.number)
     return failed
