@@ -711,3 +711,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + 13  # the shell's status for a writer killed by SIGPIPE
+    except OSError as e:  # a checkpoint a full disk refused: what failed and what still stands
+        if type(e).__name__ != "CheckpointError":  # (matched by name: importing it would import torch)
+            raise
+        print(f"autotaper: error: {e.strerror}", file=sys.stderr)
+        return 1

@@ -123,3 +123,96 @@ def test_a_journal_trial_whose_worker_vanished_is_failed_by_its_expired_lease(tm
     after = _load(url).trials[running.number]
     assert after.state == optuna.trial.TrialState.FAIL
     assert after.user_attrs["reason"].startswith("lease expired: no beat from ") and "(lease 3 s)" in after.user_attrs["reason"]
+
+
+# -- checkpoints under faults -------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB file system (tmpfs): room for one checkpoint of the tiny preset (643 KB),
+    not for the next one beside it. Where mounting is not allowed, the test skips, except
+    under CI."""
+    import os
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if proc.returncode:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs: {proc.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_fails_the_checkpoint_clearly_and_the_previous_one_still_loads(small_disk, tmp_path, capsys):
+    from autotaper.cli import main
+    from autotaper.train.checkpoint import latest_checkpoint, load_run
+
+    corpus = write_corpus(tmp_path / "corpus")
+    run = small_disk / "run"
+    code = main(["train", "--preset", "tiny", "--taper", "ffn:linear:1.5:0.5", "--steps", "10", "--batch-size", "4",
+                 "--checkpoint-every", "5", "--data", str(corpus), "--precision", "fp32", "--quiet",
+                 "--out", str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("autotaper: error: checkpoint: cannot write step-000010") and \
+        "No space left on device" in err[-1] and err[-1].endswith("step-000005 still stands")
+    assert not any("Traceback" in line for line in err)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-000005"]  # no partial folder
+    assert latest_checkpoint(run).name == "step-000005"
+    spec, model, step = load_run(run)
+    assert step == 5 and spec.taper == "ffn:linear:1.5:0.5"
+
+
+def test_sigkill_during_checkpoint_writes_leaves_latest_on_a_complete_checkpoint(tmp_path):
+    """proxy-s writes a 102 MB checkpoint every step; the trainer is killed the moment the
+    2nd, 3rd, then 4th checkpoint since its start is being written (its temporary folder
+    appears), resuming in between: `latest` always names a checkpoint whose model and
+    optimizer load, and each resumed run got further."""
+    import os
+    import signal
+
+    import torch
+
+    from autotaper.models import build_model
+    from autotaper.spec import ModelSpec
+    from autotaper.train import TrainConfig
+    from autotaper.train.checkpoint import latest_checkpoint, load_checkpoint
+    from autotaper.train.trainer import _optimizer
+
+    corpus = write_corpus(tmp_path / "corpus")
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    args = [sys.executable, "-m", "autotaper", "train", "--preset", "proxy-s", "--taper", "uniform", "--steps", "60",
+            "--batch-size", "1", "--checkpoint-every", "1", "--data", str(corpus), "--precision", "fp32", "--quiet",
+            "--out", str(run)]
+    steps = []
+    for kill in range(3):
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        before = latest_checkpoint(run)
+        writes: set[str] = set()
+        caught = None
+        deadline = time.time() + 240
+        while caught is None and time.time() < deadline and proc.poll() is None:
+            if not ckpts.exists():
+                continue
+            for entry in os.scandir(ckpts):  # the event: the (kill + 2)-th checkpoint write since the start
+                step = entry.name.split(".")[0]
+                if entry.name.startswith("step-") and "." in entry.name and (before is None or step > before.name):
+                    writes.add(step)
+                    if len(writes) == kill + 2:
+                        caught = entry.name
+                        break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert caught is not None, f"no checkpoint write seen (kill {kill}); status {proc.returncode}"
+        assert proc.returncode == -signal.SIGKILL
+        latest = latest_checkpoint(run)
+        assert latest is not None and (ckpts / "latest").read_text().strip() == latest.name
+        spec = ModelSpec.load(run / "spec.json")
+        model = build_model(spec, seed=None)
+        optimizer = _optimizer(model, TrainConfig(), torch.device("cpu"))
+        state = load_checkpoint(latest, model=model, optimizer=optimizer, device=torch.device("cpu"))
+        steps.append(state["step"])
+    assert steps == sorted(steps) and steps[-1] > steps[0]  # each run resumed and got further

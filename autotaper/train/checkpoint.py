@@ -4,7 +4,10 @@ Layout under a run directory:
     checkpoints/step-000200/{model.safetensors, optimizer.safetensors, state.json}
     checkpoints/latest          -> text "step-000200", replaced atomically
 Each step directory is written under a temporary name and renamed into place before
-`latest` moves to it, so a kill at any moment leaves the previous checkpoint intact.
+`latest` moves to it, so a kill at any moment leaves the previous checkpoint intact; a
+write that fails (a full disk) removes its partial folder and raises `CheckpointError`
+naming the checkpoint that still stands. A `latest` that names no complete checkpoint (a
+folder removed by hand) falls back to the newest complete one.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 
@@ -41,22 +45,39 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
+class CheckpointError(OSError):
+    """A checkpoint could not be written; the previous one is untouched."""
+
+
 def save_checkpoint(run_dir: Path, *, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict, keep: int = 1) -> Path:
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=name + ".", dir=root))
-    save_model(model, str(tmp / "model.safetensors"))
-    tensors, meta = _optimizer_tensors(optimizer)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "optimizer.json").write_text(json.dumps(meta))
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
-    final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    atomic_write_text(root / "latest", name)
+    tmp = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=name + ".", dir=root))
+        save_model(model, str(tmp / "model.safetensors"))
+        tensors, meta = _optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        for file, text in (("optimizer.json", json.dumps(meta)), ("state.json", json.dumps({**state, "step": step}))):
+            with open(tmp / file, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())  # a full disk shows here, not after the rename
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        tmp = None
+        atomic_write_text(root / "latest", name)
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        standing = latest_checkpoint(run_dir)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).split(": ")[-1]
+        raise CheckpointError(getattr(e, "errno", None), f"checkpoint: cannot write {name} in {str(root)!r} ({why}); "
+                              + (f"{standing.name} still stands" if standing else "no earlier checkpoint")) from e
     kept = sorted(p for p in root.glob("step-*") if p.is_dir() and "." not in p.name)
     for old in kept[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -64,11 +85,15 @@ def save_checkpoint(run_dir: Path, *, step: int, model: torch.nn.Module, optimiz
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = Path(run_dir) / "checkpoints" / "latest"
-    if not pointer.exists():
-        return None
-    path = pointer.parent / pointer.read_text().strip()
-    return path if (path / "state.json").exists() else None
+    """The checkpoint `latest` names, or the newest complete one if it names none."""
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
+    if pointer.exists():
+        path = root / pointer.read_text().strip()
+        if (path / "state.json").exists():
+            return path
+    complete = sorted(p for p in root.glob("step-*") if "." not in p.name and (p / "state.json").exists())
+    return complete[-1] if complete else None
 
 
 def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
