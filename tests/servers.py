@@ -33,39 +33,75 @@ def _as_postgres(args: list[str]) -> list[str]:
     return args if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--", *args]
 
 
-def start_postgres():
-    initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        message = "PostgreSQL is not installed (apt-get install postgresql; .ci/run does this)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    root = tempfile.mkdtemp(prefix="autotaper-pg-", dir="/tmp")
-    os.chmod(root, 0o755)
-    data = os.path.join(root, "data")
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    subprocess.run(_as_postgres([initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
-                   check=True, capture_output=True)
-    port = free_port()
-    log = os.path.join(root, "server.log")
-    subprocess.run(_as_postgres([pg_ctl, "-D", data, "-l", log, "-w", "-o",
-                                 f"-h 127.0.0.1 -p {port} -k {root}", "start"]), check=True, capture_output=True)
-    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    import psycopg2
+class Postgres:
+    """A PostgreSQL server in a temporary folder on a loopback port: `pause()` stops the
+    server and `resume()` starts it again on the same port and data (a real outage);
+    `stop()` ends it and removes the folder."""
 
-    deadline = time.time() + 30
-    while True:
+    def __init__(self):
+        import psycopg2  # first: a missing driver must not leave a server running
+
+        self._psycopg2 = psycopg2
+        self.initdb, self.pg_ctl = _bin("initdb"), _bin("pg_ctl")
+        if not self.initdb or not self.pg_ctl:
+            message = "PostgreSQL is not installed (apt-get install postgresql; .ci/run does this)"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        self.root = tempfile.mkdtemp(prefix="autotaper-pg-", dir="/tmp")
+        os.chmod(self.root, 0o755)
+        self.data = os.path.join(self.root, "data")
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
         try:
-            psycopg2.connect(url).close()
-            break
-        except psycopg2.OperationalError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.2)
+            subprocess.run(_as_postgres([self.initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+                           check=True, capture_output=True, timeout=120)
+            for attempt in range(5):  # a free port can be taken before the server binds it: try another
+                self.port = free_port()
+                if self._start(check=False):
+                    break
+            else:
+                raise RuntimeError(f"PostgreSQL did not start; see {self.root}/server.log")
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._wait()
 
-    def stop():
-        subprocess.run(_as_postgres([pg_ctl, "-D", data, "-m", "fast", "stop"]), capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    def _start(self, check: bool = True) -> bool:
+        proc = subprocess.run(_as_postgres([self.pg_ctl, "-D", self.data, "-l", os.path.join(self.root, "server.log"),
+                                            "-w", "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root}", "start"]),
+                              capture_output=True, timeout=120)
+        if check and proc.returncode:
+            raise RuntimeError(f"pg_ctl start failed: {proc.stderr.decode()[-500:]}")
+        return proc.returncode == 0
 
-    return url, stop
+    def _wait(self) -> None:
+        deadline = time.time() + 30
+        while True:
+            try:
+                self._psycopg2.connect(self.url).close()
+                return
+            except self._psycopg2.OperationalError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def pause(self) -> None:
+        subprocess.run(_as_postgres([self.pg_ctl, "-D", self.data, "-m", "fast", "-w", "stop"]), check=True,
+                       capture_output=True, timeout=120)
+
+    def resume(self) -> None:
+        self._start()
+        self._wait()
+
+    def stop(self) -> None:
+        subprocess.run(_as_postgres([self.pg_ctl, "-D", self.data, "-m", "fast", "stop"]), capture_output=True,
+                       timeout=120)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_postgres():
+    """(url, stop) of a fresh server (see `Postgres`)."""
+    server = Postgres()
+    return server.url, server.stop

@@ -216,3 +216,64 @@ def test_sigkill_during_checkpoint_writes_leaves_latest_on_a_complete_checkpoint
         state = load_checkpoint(latest, model=model, optimizer=optimizer, device=torch.device("cpu"))
         steps.append(state["step"])
     assert steps == sorted(steps) and steps[-1] > steps[0]  # each run resumed and got further
+
+
+# -- a database server that goes away -------------------------------------------------------------
+@pytest.mark.slow
+def test_a_search_waits_out_a_postgresql_outage_and_goes_on(tmp_path):
+    """The server is stopped while a trial trains and started again once the search has said
+    it lost it: the search says it is back, finishes, and keeps every trial completed before
+    the outage as it was; nothing is trained twice."""
+    import os
+    import threading
+
+    from autotaper.search.storage import open_storage
+    from tests.servers import Postgres
+
+    server = Postgres()
+    try:
+        corpus = str(write_corpus(tmp_path / "corpus"))
+        space = micro_space(corpus, name="outage", proxy={"steps": 150, "eval_every": 50},
+                            search={"n_trials": 5, "sampler": "random", "seed": 1})
+        path = tmp_path / "space.yaml"
+        path.write_text(yaml.safe_dump(space))
+        proc = subprocess.Popen([sys.executable, "-m", "autotaper", "search", "--space", str(path), "--storage",
+                                 server.url, "--quiet", "--no-confirm"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+        reader.start()
+        before = None
+        deadline = time.time() + 300
+        while before is None and time.time() < deadline and proc.poll() is None:  # event: a trial done, one running
+            time.sleep(0.3)
+            try:
+                study = optuna.load_study(study_name="outage", storage=open_storage(server.url))
+            except KeyError:
+                continue
+            states = [t.state for t in study.trials]
+            if states.count(optuna.trial.TrialState.COMPLETE) >= 2 and optuna.trial.TrialState.RUNNING in states:
+                before = {t.number: t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+        assert before is not None, "".join(lines)[-2000:]
+        del study
+        server.pause()
+        deadline = time.time() + 120
+        while not any(line.startswith("storage: lost") for line in lines) and time.time() < deadline:
+            time.sleep(0.2)  # event: the search noticed
+        assert any(line.startswith("storage: lost") for line in lines), "".join(lines)[-2000:]
+        assert proc.poll() is None  # waiting, not dead
+        server.resume()
+        assert proc.wait(timeout=600) == 0, "".join(lines)[-3000:]
+        reader.join(timeout=30)
+        assert any(line.startswith("storage: ") and " is back after " in line for line in lines), "".join(lines)
+        study = optuna.load_study(study_name="outage", storage=open_storage(server.url))
+        after = {t.number: t for t in study.trials}
+        for number, value in before.items():
+            assert after[number].state == optuna.trial.TrialState.COMPLETE and after[number].value == value
+        finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                            optuna.trial.TrialState.PRUNED)]
+        assert len(finished) == 5
+        trained = [t.user_attrs["spec_key"] for t in finished if t.user_attrs.get("steps_trained")]
+        assert len(trained) == len(set(trained))
+    finally:
+        server.stop()

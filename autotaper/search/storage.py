@@ -6,6 +6,11 @@
     path/x.log | path/x.db       the same, by suffix
     postgresql://user@host/db    several machines (needs psycopg2)
 
+A server storage (PostgreSQL, MySQL) rides out an outage: every storage call that fails for
+want of a connection is retried with backoff for up to RETRY_S (one line says the server
+is gone, one that it is back), and pooled connections are checked before use, so a
+restarted server is picked up without losing or repeating a trial.
+
 RDB storages run Optuna's heartbeat, so a trial whose machine dies is failed after the
 grace period. Journal storages have no heartbeat; a running trial there holds a lease
 instead (`Lease`: host, pid and the time of its last beat in the trial's "lease" attr,
@@ -30,6 +35,7 @@ HEARTBEAT_S = 10
 GRACE_S = 60
 LEASE_S = float(os.environ.get("AUTOTAPER_LEASE_S", GRACE_S))  # journal trials: beat at least this often
 LEASE_ATTR = "lease"
+RETRY_S = float(os.environ.get("AUTOTAPER_STORAGE_RETRY_S", 600))  # how long a server outage is waited out
 _CREATE_RACE = ("already exists", "UniqueViolation", "duplicate key", "UNIQUE constraint failed", "database is locked")
 
 
@@ -73,13 +79,122 @@ def open_storage(url: str):
         try:
             with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+                if url.startswith("sqlite"):
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+                return _resilient_class()(url, engine_kwargs={"pool_pre_ping": True},
+                                          heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
         except Exception as e:  # sqlalchemy raises many kinds; the user needs one line
             error = e
             if not any(m in str(e) for m in _CREATE_RACE):
                 break
             time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
-    raise ValueError(f"storage: cannot open {url!r}: {str(error).splitlines()[0]}") from None
+    raise ValueError(f"storage: cannot open {mask_url(url)!r}: {str(error).splitlines()[0]}") from None
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password replaced by ***, for anything printed or stored."""
+    if "://" not in url or "@" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: mask by hand
+        scheme, _, rest = url.partition("://")
+        creds, _, host = rest.rpartition("@")
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}"
+
+
+def _connection_lost(error: BaseException | None) -> bool:
+    """True when `error` (or what caused it) says the database could not be reached."""
+    import sqlalchemy.exc as sx
+
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, (sx.OperationalError, sx.InterfaceError)) or \
+                (isinstance(error, sx.DBAPIError) and error.connection_invalidated):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+_RESILIENT = None
+
+
+def _resilient_class():
+    """RDBStorage whose calls wait out a lost server (see the module docstring)."""
+    global _RESILIENT
+    if _RESILIENT is not None:
+        return _RESILIENT
+    import sys
+
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages import BaseStorage, RDBStorage
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    def retrying(name, method):
+        def call(self, *args, **kwargs):
+            delay, attempt = 0.5, 0
+            while True:
+                try:
+                    out = method(self, *args, **kwargs)
+                except UpdateFinishedTrialError:
+                    if attempt and name == "set_trial_state_values":
+                        return True  # the call the connection dropped under had committed
+                    raise
+                except Exception as e:  # noqa: BLE001 - sorted by _connection_lost
+                    if not _connection_lost(e):
+                        raise
+                    self._outage(e)
+                    attempt += 1
+                    time.sleep(delay)
+                    delay = min(5.0, delay * 2)
+                    continue
+                self._recovered()
+                return out
+
+        call.__name__ = call.__qualname__ = name
+        return call
+
+    names = {n for base in (BaseStorage, BaseHeartbeat) for n in vars(base)
+             if callable(getattr(base, n)) and (not n.startswith("_") or n == "_get_stale_trial_ids")}
+    namespace = {n: retrying(n, getattr(RDBStorage, n)) for n in sorted(names) if hasattr(RDBStorage, n)}
+
+    def _outage(self, error):
+        with _OUTAGE_LOCK:
+            now = time.time()
+            since = getattr(self, "_lost_at", None)
+            if since is None:
+                self._lost_at = now
+                first = str(error.__cause__ or error).strip().splitlines()
+                print(f"storage: lost {mask_url(self.url)} ({first[0] if first else type(error).__name__}); "
+                      f"retrying for up to {RETRY_S:.0f} s", file=sys.stderr, flush=True)
+            elif now - since > RETRY_S:
+                raise ValueError(f"storage: {mask_url(self.url)} unreachable for {now - since:.0f} s "
+                                 f"(AUTOTAPER_STORAGE_RETRY_S={RETRY_S:.0f}); the study is as it was; "
+                                 f"run the same command again when the server is back") from None
+
+    def _recovered(self):
+        if getattr(self, "_lost_at", None) is not None:
+            with _OUTAGE_LOCK:
+                since, self._lost_at = self._lost_at, None
+            if since is not None:
+                print(f"storage: {mask_url(self.url)} is back after {time.time() - since:.0f} s; going on",
+                      file=sys.stderr, flush=True)
+
+    def __getstate__(self):  # no lock or outage state in a pickled copy
+        state = RDBStorage.__getstate__(self)
+        state.pop("_lost_at", None)
+        return state
+
+    namespace.update(_outage=_outage, _recovered=_recovered, __getstate__=__getstate__,
+                     __module__=__name__, __doc__=_resilient_class.__doc__)
+    _RESILIENT = type("ResilientRDBStorage", (RDBStorage,), namespace)
+    return _RESILIENT
+
+
+_OUTAGE_LOCK = threading.Lock()
 
 
 def _postgres_driver(url: str) -> str:
@@ -200,3 +315,10 @@ def fail_expired_leases(study, *, now: float | None = None) -> list[int]:
             continue
         failed.append(t.number)
     return failed
+
+
+def __getattr__(name: str):
+    """`ResilientRDBStorage` is built on first use (it imports Optuna); pickles name it."""
+    if name == "ResilientRDBStorage":
+        return _resilient_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
