@@ -277,3 +277,45 @@ def test_a_search_waits_out_a_postgresql_outage_and_goes_on(tmp_path):
         assert len(trained) == len(set(trained))
     finally:
         server.stop()
+
+
+# -- damaged study files ---------------------------------------------------------------------------
+def _damaged(tmp_path, kind):
+    from autotaper.search.storage import open_storage
+
+    if kind == "journal":
+        path, url = tmp_path / "study" / "journal.log", f"journal:{tmp_path / 'study' / 'journal.log'}"
+    else:
+        path, url = tmp_path / "study" / "study.db", f"sqlite:///{tmp_path / 'study' / 'study.db'}"
+    study = optuna.create_study(storage=open_storage(url), study_name="hurt")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    del study
+    raw = bytearray(path.read_bytes())
+    if kind == "journal":  # one line in the middle garbled, as a bad disk sector or a stray editor would
+        lines = raw.split(b"\n")
+        lines[3] = lines[3][:25] + b"\x01garbage"
+        raw = bytearray(b"\n".join(lines))
+    else:  # the header and first page overwritten
+        raw[:200] = b"\xff" * 200
+    path.write_bytes(bytes(raw))
+    return path, url
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+@pytest.mark.parametrize("command", ["results", "search"])
+def test_a_damaged_study_file_is_named_and_left_as_it_is(tmp_path, kind, command):
+    path, url = _damaged(tmp_path, kind)
+    before = path.read_bytes()
+    listing = sorted(p.name for p in path.parent.iterdir())
+    if command == "results":
+        args = ["results", "--storage", url, "--study", "hurt"]
+    else:
+        space = tmp_path / "space.yaml"
+        space.write_text(yaml.safe_dump(micro_space(str(write_corpus(tmp_path / "corpus")), name="hurt")))
+        args = ["search", "--space", str(space), "--storage", url, "--quiet"]
+    proc = cli(*args)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert str(path) in lines[0] and ("damaged at line 4" in lines[0] if kind == "journal" else
+                                       "file is not a database" in lines[0])
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == listing

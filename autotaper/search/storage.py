@@ -215,7 +215,29 @@ def _journal(path: str):
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    try:  # replayed now, so a damaged journal is named here rather than failing later
+        storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+        storage.get_all_studies()
+    except Exception as e:  # noqa: BLE001 - any replay failure means a damaged file
+        raise ValueError(f"storage: journal {path!r} is damaged{_bad_journal_line(path)} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); it is left as it "
+                         f"is: restore it from a copy, or use another --storage") from None
+    return storage
+
+
+def _bad_journal_line(path: str) -> str:
+    """' at line N' for the first complete line that is not JSON, else ''."""
+    import json
+
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):  # a last line still being written is not damage
+                break
+            try:
+                json.loads(line)
+            except ValueError:
+                return f" at line {number}"
+    return ""
 
 
 def _alive(pid: int) -> bool:
