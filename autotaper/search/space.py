@@ -116,9 +116,9 @@ class Proxy:
         from autotaper.train.config import PRECISIONS, SCHEDULES
 
         out = []
-        if self.preset not in PRESETS:
+        if not _one_of(self.preset, PRESETS):
             out.append(f"proxy.preset: unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
-        if self.family is not None and self.family not in family_names():
+        if self.family is not None and not _one_of(self.family, family_names()):
             out.append(f"proxy.family: unknown family {self.family!r} (known: {', '.join(family_names())})")
         out += self.shape_problems()
         for name in ("compile", "strict_data"):
@@ -138,17 +138,19 @@ class Proxy:
             out.append(f"proxy.eval_every: must be a positive integer, got {self.eval_every!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             out.append(f"proxy.lr: must be > 0, got {self.lr!r}")
-        if self.constraint not in CONSTRAINTS:
+        if not _one_of(self.constraint, CONSTRAINTS):
             out.append(f"proxy.constraint: must be one of {', '.join(CONSTRAINTS)}, got {self.constraint!r}")
         if not (isinstance(self.tolerance, (int, float)) and self.tolerance >= 0):
             out.append(f"proxy.tolerance: must be >= 0, got {self.tolerance!r}")
-        if self.tokenizer not in ("bytes", "bpe"):
+        if not _one_of(self.tokenizer, ("bytes", "bpe")):
             out.append(f"proxy.tokenizer: must be bytes or bpe, got {self.tokenizer!r}")
-        if self.precision not in PRECISIONS:
+        if not _one_of(self.precision, PRECISIONS):
             out.append(f"proxy.precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.schedule not in SCHEDULES:
+        if not _one_of(self.schedule, SCHEDULES):
             out.append(f"proxy.schedule: must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.data is not None and not str(self.data).startswith("hf:") and not any(c in str(self.data) for c in "*?["):
+        if self.data is not None and not isinstance(self.data, str):
+            out.append(f"proxy.data: must be a path, glob or hf:PATH, got {self.data!r}")
+        elif self.data is not None and not self.data.startswith("hf:") and not any(c in self.data for c in "*?["):
             if not Path(self.data).exists():
                 out.append(f"proxy.data: path {self.data!r} does not exist")
         return out
@@ -207,9 +209,9 @@ class Settings:
 
     def problems(self) -> list[str]:
         out = []
-        if self.sampler not in SAMPLERS:
+        if not _one_of(self.sampler, SAMPLERS):
             out.append(f"search.sampler: unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
-        if self.pruner not in PRUNERS:
+        if not _one_of(self.pruner, PRUNERS):
             out.append(f"search.pruner: unknown pruner {self.pruner!r} (known: {', '.join(PRUNERS)})")
         if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1:
             out.append(f"search.n_trials: must be a positive integer, got {self.n_trials!r}")
@@ -428,6 +430,11 @@ class YamlSpace(BaseSpace):
     def identity(self) -> dict[str, Any]:
         return {"name": self.name, "proxy": self.proxy.to_dict(),
                 "taper": self.source.get("taper"), "train": self.source.get("train")}
+
+
+def _one_of(value: Any, options) -> bool:
+    """`value` is one of the named `options` (and a string: a list or a mapping is not)."""
+    return isinstance(value, str) and value in options
 
 
 def _admits(knob: Knob, value: Any) -> bool:
