@@ -104,10 +104,10 @@ def test_export_cli_refuses_bad_input_and_keeps_what_exists(tmp_path, corpus):
     assert not (tmp_path / "hf").exists()
 
     run = trained(tmp_path, ModelSpec.from_name("tiny"), load_data(corpus), steps=1)
-    (tmp_path / "run" / "checkpoints" / "latest").rename(tmp_path / "latest.bak")
+    (tmp_path / "run" / "checkpoints").rename(tmp_path / "checkpoints.bak")
     proc = run_cli("export", str(run), str(tmp_path / "hf"))
     assert proc.returncode == 2 and "holds no checkpoint" in proc.stderr
-    (tmp_path / "latest.bak").rename(tmp_path / "run" / "checkpoints" / "latest")
+    (tmp_path / "checkpoints.bak").rename(tmp_path / "run" / "checkpoints")
 
     out = tmp_path / "hf"
     out.mkdir()

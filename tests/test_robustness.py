@@ -70,59 +70,55 @@ def _load(url):
     return optuna.load_study(study_name="lease", storage=open_storage(url))
 
 
-def test_a_journal_trial_whose_worker_vanished_is_failed_by_its_expired_lease(tmp_path):
-    """A worker holds a lease while it trains; killed, its trial is failed by any other
-    worker once the lease expires, even when its host is not this one (the pid check could
-    not see it); a live worker's trial is never failed."""
-    from autotaper.search.storage import LEASE_ATTR, fail_dead_trials
+HOLDER = """
+import sys, time, optuna
+from autotaper.search.storage import Lease, open_storage
+study = optuna.load_study(study_name="lease", storage=open_storage(sys.argv[1]))
+trial = study.ask()
+with Lease(study._storage, trial._trial_id, lease_s=float(sys.argv[2])):
+    print(trial.number, flush=True)
+    time.sleep(600)
+"""
 
-    corpus = str(write_corpus(tmp_path / "corpus"))
-    space = micro_space(corpus, name="lease", proxy={"steps": 300, "eval_every": 100, "batch_size": 4},
-                        search={"n_trials": 8, "sampler": "random", "seed": 0})
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
+
+def test_a_journal_trial_whose_worker_vanished_is_failed_by_its_expired_lease(tmp_path):
+    """A worker process holds a trial's lease (as `TaperObjective` does while it trains);
+    alive, its trial outlives the lease length; SIGKILLed, its trial is failed by another
+    process once the lease expires, even when its host is not this one (the pid check
+    cannot see it)."""
+    from autotaper.search.storage import LEASE_ATTR, fail_dead_trials, open_storage
+
     url = f"journal:{tmp_path / 'journal.log'}"
-    env = {**os.environ, "AUTOTAPER_LEASE_S": "3"}
-    proc = subprocess.Popen([sys.executable, "-m", "autotaper", "search", "--space", str(path), "--storage", url,
-                             "--quiet", "--no-confirm"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    optuna.create_study(storage=open_storage(url), study_name="lease")
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, url, "2"], stdout=subprocess.PIPE, text=True)
     try:
-        running, seen = None, {}
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:  # the event: a lease renewed while training
-            time.sleep(0.2)
-            if not (tmp_path / "journal.log").exists():
-                continue
-            try:
-                study = _load(url)
-            except KeyError:
-                continue
-            for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-                lease = t.user_attrs.get(LEASE_ATTR)
-                if lease:
-                    first = seen.setdefault(t.number, (lease["beat"], time.time()))
-                    if lease["beat"] > first[0] and time.time() - first[1] > 3.5:
-                        running = t
-            if running is not None:
+        number = int(proc.stdout.readline())
+        first = _load(url).trials[number].user_attrs[LEASE_ATTR]
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the event: renewed, and older than one lease length since it began
+            lease = _load(url).trials[number].user_attrs[LEASE_ATTR]
+            if lease["beat"] > first["beat"] and time.time() - first["beat"] > 2.5:
                 break
-        assert running is not None, f"no trial renewed its lease; worker status {proc.poll()}"
+            time.sleep(0.1)
+        assert lease["beat"] > first["beat"] and lease["pid"] == proc.pid and lease["lease_s"] == 2
         assert fail_dead_trials(_load(url)) == []  # alive and beating for longer than the lease: kept
+        assert _load(url).trials[number].state == optuna.trial.TrialState.RUNNING
     finally:
         proc.kill()
         proc.wait(timeout=60)
     study = _load(url)
-    trial = study.trials[running.number]
-    assert trial.state == optuna.trial.TrialState.RUNNING
+    trial = study.trials[number]
     # as if the worker ran elsewhere: this host's pid check cannot judge it, only the lease can
     study._storage.set_trial_user_attr(trial._trial_id, "host", "another-host.example")
-    assert fail_dead_trials(study) == []  # the lease has not expired yet
-    deadline = time.time() + 30
-    while time.time() < deadline and time.time() - trial.user_attrs[LEASE_ATTR]["beat"] <= 3:
-        time.sleep(0.2)
-        trial = _load(url).trials[running.number]
-    assert fail_dead_trials(_load(url)) == [running.number]
-    after = _load(url).trials[running.number]
+    if time.time() - trial.user_attrs[LEASE_ATTR]["beat"] < 1.5:
+        assert fail_dead_trials(study) == []  # not expired yet
+    while time.time() - trial.user_attrs[LEASE_ATTR]["beat"] <= 2:
+        time.sleep(0.1)
+    assert fail_dead_trials(_load(url)) == [number]
+    after = _load(url).trials[number]
     assert after.state == optuna.trial.TrialState.FAIL
-    assert after.user_attrs["reason"].startswith("lease expired: no beat from ") and "(lease 3 s)" in after.user_attrs["reason"]
+    assert after.user_attrs["reason"].startswith(f"lease expired: no beat from {trial.user_attrs[LEASE_ATTR]['host']} "
+                                                 f"pid {proc.pid} for ") and after.user_attrs["reason"].endswith("(lease 2 s)")
 
 
 # -- checkpoints under faults -------------------------------------------------------------------
@@ -131,8 +127,6 @@ def small_disk(tmp_path):
     """A real 1 MiB file system (tmpfs): room for one checkpoint of the tiny preset (643 KB),
     not for the next one beside it. Where mounting is not allowed, the test skips, except
     under CI."""
-    import os
-
     mount = tmp_path / "small"
     mount.mkdir()
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
@@ -169,7 +163,6 @@ def test_sigkill_during_checkpoint_writes_leaves_latest_on_a_complete_checkpoint
     2nd, 3rd, then 4th checkpoint since its start is being written (its temporary folder
     appears), resuming in between: `latest` always names a checkpoint whose model and
     optimizer load, and each resumed run got further."""
-    import os
     import signal
 
     import torch
@@ -224,7 +217,6 @@ def test_a_search_waits_out_a_postgresql_outage_and_goes_on(tmp_path):
     """The server is stopped while a trial trains and started again once the search has said
     it lost it: the search says it is back, finishes, and keeps every trial completed before
     the outage as it was; nothing is trained twice."""
-    import os
     import threading
 
     from autotaper.search.storage import open_storage
@@ -233,7 +225,7 @@ def test_a_search_waits_out_a_postgresql_outage_and_goes_on(tmp_path):
     server = Postgres()
     try:
         corpus = str(write_corpus(tmp_path / "corpus"))
-        space = micro_space(corpus, name="outage", proxy={"steps": 150, "eval_every": 50},
+        space = micro_space(corpus, name="outage", proxy={"steps": 60, "eval_every": 20},
                             search={"n_trials": 5, "sampler": "random", "seed": 1})
         path = tmp_path / "space.yaml"
         path.write_text(yaml.safe_dump(space))
@@ -319,3 +311,20 @@ def test_a_damaged_study_file_is_named_and_left_as_it_is(tmp_path, kind, command
     assert str(path) in lines[0] and ("damaged at line 4" in lines[0] if kind == "journal" else
                                        "file is not a database" in lines[0])
     assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == listing
+
+
+def test_a_dangling_latest_pointer_falls_back_to_the_newest_complete_checkpoint(tmp_path):
+    """`latest` naming a folder removed by hand: loading takes the newest complete checkpoint,
+    never a temporary folder of an interrupted write."""
+    from autotaper.train.checkpoint import latest_checkpoint
+
+    root = tmp_path / "run" / "checkpoints"
+    for name in ("step-000010", "step-000020"):
+        (root / name).mkdir(parents=True)
+        (root / name / "state.json").write_text("{}")
+    (root / "step-000030.tmpx").mkdir()  # an interrupted write: no state.json, a dotted name
+    (root / "step-000025").mkdir()  # a folder without state.json is not complete
+    (root / "latest").write_text("step-000040")
+    assert latest_checkpoint(tmp_path / "run").name == "step-000020"
+    (root / "latest").write_text("step-000010")
+    assert latest_checkpoint(tmp_path / "run").name == "step-000010"  # a pointer that holds wins

@@ -188,6 +188,10 @@ def test_two_worker_processes_share_one_journal_study(corpus, tmp_path):
     assert len(trained) == len(set(trained)) and len(trained) >= 2, trained
     keys = [r["spec_key"] for r in board["trials"] if r["spec_key"]]
     assert len(keys) == len(set(keys))
+    # a journal has no heartbeat: every trained trial held a lease from its own worker
+    for t in study.trials:
+        if t.user_attrs.get("steps_trained"):
+            assert t.user_attrs["lease"]["pid"] == t.user_attrs["pid"] and t.user_attrs["lease"]["lease_s"] == 60
 
 
 @pytest.mark.slow
