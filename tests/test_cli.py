@@ -25,7 +25,12 @@ def test_plan_json_has_baseline_and_tapered(capsys):
 def test_plan_table_shows_deltas(capsys):
     assert main(["plan", "--preset", "tiny", "--family", "gpt", "--taper", "heads:linear:1.5:0.5"]) == 0
     out = capsys.readouterr().out
-    assert "heads ratios realised" in out and "params" in out and "+0" in out
+    assert "heads ratios realised" in out
+    rows = {line[:22].strip(): line[22:].split() for line in out.splitlines()
+            if line.startswith(("params  ", "FLOPs/token"))}
+    for name in ("params", "FLOPs/token (fwd)"):  # uniform, tapered, delta: exact for a heads taper
+        uniform, tapered, delta = (int(v.replace(",", "")) for v in rows[name])
+        assert uniform == tapered and delta == 0, rows
 
 
 @pytest.mark.parametrize("args, needle", [

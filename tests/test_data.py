@@ -14,7 +14,18 @@ def corpus(tmp_path):
     return write_corpus(tmp_path / "corpus")
 
 
-def test_embedded_corpus_is_the_stdlib_with_a_manifest(tmp_path):
+def _no_reading(monkeypatch):
+    """Make reading any source document fail: a load that succeeds took the stamp fast path."""
+    import autotaper.data.tokens as tokens
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the source was read again: the stamp fast path was not taken")
+
+    monkeypatch.setattr(tokens, "file_documents", refuse)
+    monkeypatch.setattr(tokens, "stdlib_documents", refuse)
+
+
+def test_embedded_corpus_is_the_stdlib_with_a_manifest(tmp_path, monkeypatch):
     data = load_data(cache_dir=tmp_path)
     m = data.manifest
     assert m["corpus"] == "stdlib" and len(m["content_sha256"]) == 64 and m["python"]
@@ -22,7 +33,9 @@ def test_embedded_corpus_is_the_stdlib_with_a_manifest(tmp_path):
     assert isinstance(data.train, np.memmap)
     # cached: a second load opens the same files without rebuilding
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "corpus").rglob("*.bin")}
-    again = load_data(cache_dir=tmp_path)
+    with monkeypatch.context() as patch:
+        _no_reading(patch)
+        again = load_data(cache_dir=tmp_path)
     assert again.manifest == m
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "corpus").rglob("*.bin")} == before
 
@@ -153,10 +166,12 @@ def test_batches_depend_on_seed_and_step_only():
     assert w[0, 0] == 0 and w[-1, -1] == 9999
 
 
-def test_unchanged_files_reopen_the_cache_and_changed_files_rebuild_it(corpus, tmp_path):
+def test_unchanged_files_reopen_the_cache_and_changed_files_rebuild_it(corpus, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = load_data(str(corpus), cache_dir=cache)
-    again = load_data(str(corpus), cache_dir=cache)  # the stamp path: no re-hashing
+    with monkeypatch.context() as patch:
+        _no_reading(patch)
+        again = load_data(str(corpus), cache_dir=cache)  # the stamp path: no reading, no re-hashing
     assert again.manifest == first.manifest and len(list((cache / "stamps").iterdir())) == 1
     (corpus / "doc03.py").write_text((corpus / "doc03.py").read_text() + "# one more line\n")
     changed = load_data(str(corpus), cache_dir=cache)

@@ -91,12 +91,15 @@ def _driver(space: Path, url: str, address: str, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
-def _wait(url, predicate, timeout=300):
+def _wait(url, predicate, timeout=300, proc=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the driver ended (status {proc.returncode}) before the condition: "
+                                 f"{proc.stderr.read().decode()[-2000:]}")
         try:
             study = load(url)
-        except (KeyError, Exception):
+        except (KeyError, ValueError):  # the study is not created yet, or its tables are being made
             time.sleep(0.3)
             continue
         found = predicate(study)
@@ -121,7 +124,7 @@ def test_a_killed_trial_worker_is_retried_and_the_search_finishes(cluster, tmp_p
                 return t.number, t.user_attrs["pid"]
         return None
 
-    number, pid = _wait(url, running_pid)
+    number, pid = _wait(url, running_pid, proc=proc)
     os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err.decode()[-3000:]
@@ -140,7 +143,7 @@ def test_an_interrupted_ray_search_resumes(cluster, tmp_path):
         done = [t for t in study.trials if t.user_attrs.get("status") == "complete"]
         return done if len(done) >= 2 else None
 
-    _wait(url, two_done)
+    _wait(url, two_done, proc=proc)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=300)
     before = {t.number: t.value for t in load(url).trials if t.state == optuna.trial.TrialState.COMPLETE}

@@ -15,7 +15,7 @@ import yaml
 from autotaper.search import FunctionSpace, Proxy, Settings, leaderboard, load_space, parse_space, run_search
 from autotaper.search.storage import open_storage
 from autotaper.stats import paired
-from tests.helpers import micro_space, write_corpus
+from tests.helpers import assert_t_interval, micro_space, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,12 +50,12 @@ def test_end_to_end_search_and_leaderboard(corpus, tmp_path):
     assert rows[1]["taper"] == "ffn:cosine:1.5:0.5"  # the paper's default, enqueued first
     done = [r for r in board["trials"] if r["status"] == "complete"]
     assert len(done) >= 2
+    study = optuna.load_study(study_name="tiny", storage=summary.storage)
     for r in done:
-        assert r["seeds"] == 2 and r["params_delta"] == 0 and len(r["ci95"]) == 2
-        assert r["ci95"][0] <= r["delta_bpb"] <= r["ci95"][1]
+        assert r["seeds"] == 2 and r["params_delta"] == 0
+        assert_t_interval(r["ci95"], study.trials[r["trial"]].user_attrs["seed_deltas"])
     assert board["verdict"]["text"]
     # the study's baselines are cached per seed, and trials paired with them
-    study = optuna.load_study(study_name="tiny", storage=summary.storage)
     assert {"baseline/seed0", "baseline/seed1"} <= set(study.user_attrs)
     t1 = study.trials[1]
     base = [study.user_attrs[f"baseline/seed{i}"]["value"] for i in range(2)]
@@ -338,3 +338,40 @@ def test_training_memory_estimate_bounds_what_a_proxy_uses_on_cuda(corpus):
     peak = torch.cuda.max_memory_allocated()
     estimate = training_bytes(spec, 16, "bf16") - CUDA_CONTEXT_BYTES
     assert peak <= estimate <= 3 * peak, (peak, estimate)
+
+
+@pytest.mark.parametrize("sampler, pruner, objectives", [
+    ("gp", "median", ["bpb"]), ("cmaes", "hyperband", ["bpb"]), ("grid", "wilcoxon", ["bpb"]),
+    ("nsga2", "none", ["bpb", "tokens_per_s"]),
+])
+def test_every_sampler_pruner_and_the_two_objective_search_run(corpus, sampler, pruner, objectives):
+    """The samplers and pruners the spaces accept, and a [bpb, tokens_per_s] search, run a
+    real (tiny) search each; a pruner's study receives the trials' reports."""
+    from autotaper.search.engine import make_pruner, make_sampler
+
+    taper = {"ffn": {"curve": ["linear", "cosine"], "strength": [0.25, 0.5] if sampler == "grid" else
+                     {"low": 0.1, "high": 0.6}}}
+    space = parse_space(tiny_space(corpus, proxy={"steps": 8, "eval_every": 4},
+                                   search={"sampler": sampler, "pruner": pruner, "n_trials": 4, "seed": 0,
+                                           "objectives": objectives}, taper=taper))
+    expected = {"gp": "GPSampler", "cmaes": "CmaEsSampler", "grid": "GridSampler", "nsga2": "NSGAIISampler"}
+    assert type(make_sampler(space)).__name__ == expected[sampler]
+    assert type(make_pruner(space)).__name__ == {"median": "MedianPruner", "hyperband": "HyperbandPruner",
+                                                 "wilcoxon": "WilcoxonPruner", "none": "NopPruner"}[pruner]
+    summary = run_search(space, quiet=True, confirm=False)
+    study = optuna.load_study(study_name="tiny", storage=summary.storage)
+    done = [t for t in study.trials if t.user_attrs.get("status") == "complete" and t.user_attrs["taper"] != "uniform"]
+    assert len(done) >= 2, [(t.state, t.user_attrs.get("reason")) for t in study.trials]
+    if len(objectives) == 2:
+        assert all(len(t.values) == 2 and t.values[1] > 0 for t in done)  # bpb delta and tokens/s
+        assert len(study.best_trials) >= 1
+    else:
+        assert all(t.intermediate_values for t in done)  # trial.report ran for the pruner
+        if pruner == "wilcoxon":  # each seed's paired difference at step = seed index, all but the last's
+            assert all(sorted(t.intermediate_values) == [0] for t in done)
+            reference = next(t for t in study.trials if t.user_attrs.get("status") == "reference")
+            assert reference.intermediate_values == {0: 0.0, 1: 0.0}  # or, uniform best, Wilcoxon could never prune
+        else:  # the running paired mean at evaluations, against the global step
+            assert all(max(t.intermediate_values) > 0 for t in done)
+    rows = leaderboard(summary.storage, "tiny")["trials"]
+    assert {r["status"] for r in rows} <= {"reference", "complete", "pruned", "infeasible"}

@@ -45,4 +45,6 @@ def test_unknown_preset_and_fields():
 def test_uniform_resets_per_layer_lists():
     spec = ModelSpec.from_name("tiny", layer_ffn=[96, 80, 48, 32], taper="x")
     assert spec.uniform() == ModelSpec.from_name("tiny")
-    assert dataclasses.replace(spec).layer_ffn == (96, 80, 48, 32)
+    assert isinstance(spec.layer_ffn, tuple) and hash(spec)  # lists are frozen: specs are hashable keys
+    with pytest.raises(ValueError, match="layer_ffn"):
+        dataclasses.replace(spec, layer_ffn=(96, 80, 48))  # replace validates like the constructor

@@ -95,7 +95,7 @@ def test_divergence_ends_with_a_status_not_a_crash(data):
               quiet=True)
     assert r.status == "diverged" and "step" in r.reason
     assert r.steps < 30 and r.val_bpb is None
-    json.dumps(r.to_dict())  # NaN never leaks into JSON
+    json.dumps(r.to_dict(), allow_nan=False)  # NaN never leaks into JSON (json.dumps writes NaN unless told)
 
 
 def test_callbacks_can_stop_a_run(data):
@@ -118,6 +118,30 @@ def test_bits_per_byte_is_loss_over_ln2_for_bytes(data):
     m = evaluate(model, w, token_bytes=data.token_bytes)
     assert m["val_bpb"] == pytest.approx(m["val_loss"] / math.log(2))
     assert m["val_ppl"] == pytest.approx(math.exp(m["val_loss"]))
+
+
+def test_bits_per_byte_with_bpe_counts_the_bytes_the_targets_decode_to(tmp_path):
+    """bpb with a BPE tokenizer against an independent count: a plain forward's summed loss in
+    bits over the bytes that the `tokenizers` library decodes the predicted tokens to (the
+    corpus is ASCII, so a window's edges cut no character)."""
+    import torch.nn.functional as F
+    from tokenizers import Tokenizer
+
+    from autotaper.data.tokens import val_windows
+    from autotaper.models import build_model
+
+    data = load_data(str(write_corpus(tmp_path / "corpus")), tokenizer="bpe", vocab_size=300,
+                     cache_dir=tmp_path / "cache")
+    model = build_model(ModelSpec.from_name("tiny", vocab_size=data.vocab_size))
+    w = val_windows(data.val, n=4, context_length=32)
+    m = evaluate(model, w, token_bytes=data.token_bytes)
+    tok = Tokenizer.from_file(str(data.root / "tokenizer.json"))
+    n_bytes = sum(len(tok.decode([int(t) for t in row[1:]]).encode("utf-8")) for row in w)
+    assert n_bytes > w[:, 1:].size  # merges: more than one byte per token on average
+    with torch.no_grad():
+        x = torch.from_numpy(w.astype("int64"))
+        nats = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten(), reduction="sum").item()
+    assert m["val_bpb"] == pytest.approx(nats / math.log(2) / n_bytes, rel=1e-6)
 
 
 def test_lr_schedules():

@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 from autotaper.search.objective import StudyStore, TaperObjective, ensure_baselines, metric_key
@@ -43,7 +44,8 @@ def make_sampler(space: BaseSpace, *, worker: int = 0, workers: int = 1):
                                           constant_liar=workers > 1)
     if s.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(2, min(6, s.n_trials // 3)))
-    if s.sampler == "cmaes":
+    if s.sampler == "cmaes":  # infeasible trials carry a penalty value, so CMA-ES need not read constraints
+        warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler")
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -161,8 +163,11 @@ def add_references(study, space: BaseSpace, baselines: dict[int, dict], metric: 
     if not any(t.user_attrs.get("status") == "reference" for t in trials):
         speeds = [b["tokens_per_s"] for b in baselines.values()]
         values = [0.0, sum(speeds) / len(speeds)] if space.settings.multi_objective else [0.0]
+        # Wilcoxon compares a trial's per-seed differences (steps 0, 1, ...) with the best
+        # trial's; uniform, often the best, needs its own (0 on every seed) or nothing prunes.
+        steps = {i: 0.0 for i in range(space.proxy.max_seeds)} if space.settings.pruner == "wilcoxon" else None
         study.add_trial(optuna.trial.create_trial(
-            values=values, user_attrs={
+            values=values, intermediate_values=steps, user_attrs={
                 "taper": "uniform", "status": "reference", "delta": 0.0, "se": 0.0, "ci95": [0.0, 0.0],
                 "seed_deltas": [0.0] * len(baselines), "seed_values": [b["value"] for b in baselines.values()],
                 "params_delta": 0, "flops_delta": 0.0, "tokens_per_s": values[-1] if len(values) > 1 else
