@@ -13,3 +13,19 @@ settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True
 settings.register_profile("thorough", max_examples=3000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_registries():
+    """Curves and families a test registers are gone after it: no test sees another's."""
+    from autotaper import curves, families
+
+    saved = dict(curves._CURVES), dict(families._FAMILIES)
+    yield
+    curves._CURVES.clear()
+    curves._CURVES.update(saved[0])
+    families._FAMILIES.clear()
+    families._FAMILIES.update(saved[1])

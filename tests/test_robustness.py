@@ -328,3 +328,58 @@ def test_a_dangling_latest_pointer_falls_back_to_the_newest_complete_checkpoint(
     assert latest_checkpoint(tmp_path / "run").name == "step-000020"
     (root / "latest").write_text("step-000010")
     assert latest_checkpoint(tmp_path / "run").name == "step-000010"  # a pointer that holds wins
+
+
+# -- storage URL forms ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("url, kind", [
+    ("study.db", "RDBStorage"), ("sqlite:///sub/study.db", "RDBStorage"), ("journal:j/study.log", "JournalStorage"),
+    ("plain.log", "JournalStorage"), ("x.jsonl", "JournalStorage"),
+])
+def test_storage_url_forms(tmp_path, url, kind):
+    from autotaper.search.storage import open_storage
+
+    storage = open_storage(url)
+    assert type(storage).__name__ == kind
+    optuna.create_study(storage=storage, study_name="s").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    again = optuna.load_study(study_name="s", storage=open_storage(url))
+    assert len(again.trials) == 1
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("ftp://host/study", "unsupported URL"),
+    ("postgresql://u:s3cret@127.0.0.1:1/db", "cannot open 'postgresql+psycopg2://u:***@127.0.0.1:1/db'"),
+    ("postgres://u:s3cret@127.0.0.1:1/db", "u:***@127.0.0.1:1/db"),
+])
+def test_storage_url_errors_name_the_url_without_its_password(url, needle):
+    from autotaper.search.storage import open_storage
+
+    with pytest.raises(ValueError) as e:
+        open_storage(url)
+    assert needle in str(e.value) and "s3cret" not in str(e.value)
+
+
+def test_a_space_may_return_a_whole_spec_and_pretokenised_data_ranks_on_loss(tmp_path):
+    """A FunctionSpace returning a ModelSpec trains exactly that spec; token files have no
+    byte lengths, so the study's metric is validation loss, not bits per byte."""
+    import numpy as np
+
+    from autotaper.search import FunctionSpace, Proxy, Settings, leaderboard
+    from autotaper.search.space import Confirm
+    from autotaper.spec import ModelSpec
+
+    tokens = (np.arange(40_000) * 7919 % 251).astype(np.uint16)
+    tokens.tofile(tmp_path / "tokens.bin")
+    wide_first = ModelSpec.from_name("tiny", vocab_size=251, layer_ffn=(96, 80, 48, 32), taper="hand-made")
+
+    space = FunctionSpace(lambda trial: wide_first, name="specs",
+                          proxy=Proxy(preset="tiny", steps=6, batch_size=4, seeds=2, precision="fp32",
+                                      data=str(tmp_path / "tokens.bin"), eval_every=3),
+                          settings=Settings(sampler="random", pruner="none", n_trials=2, confirm=Confirm(top_k=0)))
+    summary = run_search(space, quiet=True)
+    study = optuna.load_study(study_name="specs", storage=summary.storage)
+    trained = [t for t in study.trials if t.user_attrs.get("status") == "complete" and t.user_attrs["taper"] != "uniform"]
+    assert len(trained) == 1 and trained[0].user_attrs["layers"]["ffn"] == [96, 80, 48, 32]
+    reference = next(t for t in study.trials if t.user_attrs.get("status") == "reference")
+    assert reference.user_attrs["metric"] == "val_loss"
+    assert study.user_attrs["baseline/seed0"]["value"] > 1  # a loss in nats per token, not bits per byte
+    assert leaderboard(summary.storage, "specs")["trials"][0]["status"] == "reference"

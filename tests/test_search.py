@@ -107,9 +107,9 @@ def test_resume_keeps_completed_trials_and_fails_the_killed_one(corpus, tmp_path
     cmd = [sys.executable, "-m", "autotaper", "search", "--space", str(path), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     storage = "sqlite:///runs/search/tiny/study.db"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        time.sleep(0.5)
+    deadline, reached = time.time() + 240, False
+    while not reached and time.time() < deadline and proc.poll() is None:  # the event: 2 done, 1 running
+        time.sleep(0.2)
         if not Path("runs/search/tiny/study.db").exists():
             continue
         try:  # open_storage retries the race with the search creating its tables
@@ -117,14 +117,14 @@ def test_resume_keeps_completed_trials_and_fails_the_killed_one(corpus, tmp_path
         except KeyError:  # tables exist, the study not yet
             continue
         states = [t.state for t in study.trials]
-        if states.count(optuna.trial.TrialState.COMPLETE) >= 2 and optuna.trial.TrialState.RUNNING in states:
-            break
+        reached = states.count(optuna.trial.TrialState.COMPLETE) >= 2 and optuna.trial.TrialState.RUNNING in states
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
+    assert reached and proc.returncode == -signal.SIGKILL, f"killed too late: status {proc.returncode}"
     before = {t.number: t.value for t in optuna.load_study(study_name="tiny", storage=storage).trials
               if t.state == optuna.trial.TrialState.COMPLETE}
     assert len(before) >= 2, "the search did not get far enough to be killed mid-trial"
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     study = optuna.load_study(study_name="tiny", storage=storage)
     after = {t.number: t for t in study.trials}
     for number, value in before.items():  # kept, not redone

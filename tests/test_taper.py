@@ -162,3 +162,10 @@ def test_discretise_keeps_sum_minimum_and_order(values, extra, direction):
 def test_discretise_rejects_too_few_units():
     with pytest.raises(ValueError, match="at least one multiple"):
         discretise(np.ones(5), total_units=4)
+
+
+def test_a_registered_curve_does_not_outlive_its_test():
+    """The conftest fixture restores the registries: the curves the tests above registered are gone."""
+    from autotaper.curves import curve_names
+
+    assert "sqrt_test" not in curve_names() and "bump_test" not in curve_names()
