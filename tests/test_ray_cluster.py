@@ -135,7 +135,7 @@ def test_a_killed_trial_worker_is_retried_and_the_search_finishes(cluster, tmp_p
 
 def test_an_interrupted_ray_search_resumes(cluster, tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
-    space = space_file(tmp_path, str(corpus), steps=60)
+    space = space_file(tmp_path, str(corpus), steps=30)
     url = f"sqlite:///{tmp_path}/study.db"
     proc = _driver(space, url, cluster.address)
 
