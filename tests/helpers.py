@@ -67,11 +67,16 @@ def raising_candidate(trial):
     return Candidate(taper=f"ffn:linear:{1 + strength}:{1 - strength}", train={"lr": None} if strength == 0.3 else {})
 
 
-class RaisingGrid(FunctionSpace):
-    """`raising_candidate` under the grid sampler (at module level: Tune pickles spaces)."""
+class Grid(FunctionSpace):
+    """A function space under the grid sampler over the `strength` values given (at module
+    level: Tune pickles spaces)."""
+
+    def __init__(self, fn, *, strengths, **kwargs):
+        super().__init__(fn, **kwargs)
+        self.strengths = list(strengths)
 
     def grid(self):
-        return {"strength": [0.2, 0.3, 0.4]}
+        return {"strength": self.strengths}
 
 
 def vanishing_candidate(trial):
@@ -87,21 +92,3 @@ def vanishing_candidate(trial):
     strength = trial.suggest_categorical("strength", [0.2, 0.4])
     return f"ffn:linear:{1 + strength}:{1 - strength}"
 
-
-class Grid(FunctionSpace):
-    """A function space under the grid sampler over `strength` 0.2 and 0.4."""
-
-    def grid(self):
-        return {"strength": [0.2, 0.4]}
-
-
-def assert_t_interval(ci95, deltas) -> None:
-    """`ci95` equals scipy's 95% t interval of the per-seed paired `deltas` (computed here
-    independently of autotaper.stats)."""
-    import numpy as np
-    import pytest
-    from scipy import stats
-
-    d = np.asarray(deltas, dtype=float)
-    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
-    assert list(ci95) == pytest.approx([lo, hi], rel=1e-9, abs=1e-12), (ci95, deltas)

@@ -136,10 +136,10 @@ def test_a_trial_whose_training_raises_fails_with_its_message_and_the_search_goe
     complete, on both backends."""
     from autotaper.search import Proxy, Settings
     from autotaper.search.space import Confirm
-    from tests.helpers import RaisingGrid, raising_candidate
+    from tests.helpers import Grid, raising_candidate
 
     proxy = Proxy(preset="tiny", steps=10, batch_size=8, seeds=2, precision="fp32", data=corpus, eval_every=5)
-    space = RaisingGrid(raising_candidate, proxy=proxy, name="raises",
+    space = Grid(raising_candidate, strengths=[0.2, 0.3, 0.4], proxy=proxy, name="raises",
                           settings=Settings(sampler="grid", pruner="none", n_trials=3, seed=0, confirm=Confirm(top_k=0)))
     url = search(space)
     study = optuna.load_study(study_name="raises", storage=url)
@@ -164,7 +164,7 @@ def test_ray_trials_train_on_the_drivers_tokens_not_their_own_disk(ray_instance,
     corpus = str(write_corpus(tmp_path / "doomed"))
     monkeypatch.setenv("AUTOTAPER_VANISH", os.pathsep.join([corpus, str(tmp_path / "cache")]))
     proxy = Proxy(preset="tiny", steps=10, batch_size=8, seeds=2, precision="fp32", data=corpus, eval_every=5)
-    space = Grid(vanishing_candidate, proxy=proxy, name="vanish",  # 3 = the uniform reference + 2
+    space = Grid(vanishing_candidate, strengths=[0.2, 0.4], proxy=proxy, name="vanish",  # 3 = uniform + 2
                  settings=Settings(sampler="grid", pruner="none", n_trials=3, seed=0, confirm=Confirm(top_k=0)))
     url = run_ray_search(space, quiet=True, cpus_per_trial=1, tune_storage="tune").storage
     assert not os.path.exists(corpus)

@@ -226,6 +226,7 @@ class TaperObjective:
         """Suggest, solve to the budget, set the constraint and the trial's static attrs."""
         cand = self.space.suggest(trial)
         p = self.space.proxy
+        finer: dict[str, int] = {}  # dims rounded finer than their default multiple to meet the budget
         try:
             if cand.spec is not None:
                 spec = dataclasses.replace(cand.spec, vocab_size=self.data.vocab_size)
@@ -233,7 +234,7 @@ class TaperObjective:
             else:
                 sol = solve_report(self.base, cand.taper, constraint=p.constraint, tolerance=p.tolerance)
                 spec, cost = sol.spec, sol.cost
-                finer = sol.finer  # rounded finer than the default to meet the budget
+                finer = sol.finer
         except ValueError as e:
             trial.set_user_attr("taper", str(cand.taper))
             trial.set_user_attr("status", "infeasible")
@@ -254,7 +255,7 @@ class TaperObjective:
                             "d_model": list(spec.layer_d_model)}}
         if cand.train:
             attrs["train"] = cand.train
-        if cand.spec is None and finer:
+        if finer:
             attrs["multiples"] = sol.multiples
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
