@@ -92,3 +92,15 @@ def vanishing_candidate(trial):
     strength = trial.suggest_categorical("strength", [0.2, 0.4])
     return f"ffn:linear:{1 + strength}:{1 - strength}"
 
+
+
+def assert_t_interval(ci95, deltas) -> None:
+    """`ci95` equals scipy's 95% t interval of the per-seed paired `deltas` (computed here
+    independently of autotaper.stats)."""
+    import numpy as np
+    import pytest
+    from scipy import stats
+
+    d = np.asarray(deltas, dtype=float)
+    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    assert list(ci95) == pytest.approx([lo, hi], rel=1e-9, abs=1e-12), (ci95, deltas)
