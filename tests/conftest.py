@@ -1,8 +1,21 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 # Ray 2.60 turns token auth on for new local clusters; tests start their own on loopback.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Tokenised corpora go to a cache of this test session's own, never the user's
+# ~/.cache/autotaper: no run sees what an earlier run (or another checkout) left there.
+# Tests that build corpora set a cache of their own on top.
+_CACHE = tempfile.mkdtemp(prefix="autotaper-test-cache-")
+os.environ["AUTOTAPER_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `-n 2`: two workers share the two cores, so each trains on one thread (and so do the
+    # CLI, search and Ray processes it starts) instead of four threads fighting over two.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from hypothesis import HealthCheck, settings
 
@@ -29,3 +42,15 @@ def _isolated_registries():
     curves._CURVES.update(saved[0])
     families._FAMILIES.clear()
     families._FAMILIES.update(saved[1])
+
+
+RAY_MODULES = {"test_backends", "test_ray_cluster"}
+
+
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist with `--dist loadgroup` (the README's command), the modules that
+    start Ray run one after another in one worker: one Ray instance on the machine at a
+    time, and a module-scoped cluster torn down before the next starts."""
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in RAY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
