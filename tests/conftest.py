@@ -47,6 +47,7 @@ def _isolated_registries():
 RAY_MODULES = {"test_backends", "test_ray_cluster"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     """Under pytest-xdist with `--dist loadgroup` (the README's command), the modules that
     start Ray run one after another in one worker: one Ray instance on the machine at a
