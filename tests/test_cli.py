@@ -55,7 +55,7 @@ def test_import_and_help_stay_light():
             "import autotaper.budget, autotaper.cost; "
             "heavy = [m for m in ('torch', 'ray', 'optuna', 'matplotlib', 'transformers') if m in sys.modules]; "
             "print(heavy)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert proc.stdout.strip() == "[]"
     assert run_cli("--help").returncode == 0
 
@@ -120,7 +120,7 @@ def test_train_spec_refuses_a_malformed_spec_file_naming_the_field(tmp_path, con
     path = tmp_path / "bad.json"
     path.write_text(content)
     out = subprocess.run([sys.executable, "-m", "autotaper", "train", "--spec", "bad.json", "--steps", "1"],
-                         capture_output=True, text=True, cwd=tmp_path)
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 2 and field in out.stderr and "bad.json" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()

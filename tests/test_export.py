@@ -95,7 +95,7 @@ def test_exported_tokenizer_encodes_like_the_run(tmp_path, corpus):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "autotaper", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "autotaper", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_export_cli_refuses_bad_input_and_keeps_what_exists(tmp_path, corpus):

@@ -87,14 +87,14 @@ def test_probe_cli_writes_json_next_to_the_run_and_refuses_bad_input(data, tmp_p
           quiet=True)
     proc = subprocess.run([sys.executable, "-m", "autotaper", "probe", str(run), "--data", corpus, "--windows", "4",
                            "--json"], capture_output=True, text=True,
-                          env={**os.environ, "AUTOTAPER_CACHE": str(tmp_path / "cache")})
+                          env={**os.environ, "AUTOTAPER_CACHE": str(tmp_path / "cache")}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert len(out["layers"]) == 4 and out["tokens"] == 4 * 32
     assert json.loads((run / "probe.json").read_text()) == out
     assert (run / "probe.svg").read_text().startswith("<svg")
     bad = subprocess.run([sys.executable, "-m", "autotaper", "probe", str(tmp_path / "nope")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "has no spec.json" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 

@@ -17,7 +17,6 @@ import yaml
 from autotaper.search import leaderboard
 from autotaper.search.storage import open_storage
 from tests.helpers import write_corpus
-from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -28,14 +27,14 @@ def cluster():
     pytest.importorskip("ray.dashboard")
     from ray.cluster_utils import Cluster
 
-    port = free_port()
     # Nodes take this machine's own address (Ray's job agent does not come up on 127.0.0.1);
-    # the dashboard that `ray job submit` talks to listens on loopback only.
+    # the dashboard that `ray job submit` talks to listens on loopback only. Its port is the one
+    # Ray bound (it moves on from a taken one), read back, never one picked here beforehand.
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
+        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": 8265})
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
-    c.dashboard = f"http://127.0.0.1:{port}"
+    c.dashboard = f"http://{c.head_node.webui_url}"
     from ray.job_submission import JobSubmissionClient
 
     deadline = time.time() + 120  # the job agent comes up a few seconds after the head
@@ -169,7 +168,7 @@ def test_ray_train_ddp_matches_one_process(cluster, tmp_path):
     env = {**os.environ, "AUTOTAPER_CACHE": str(tmp_path / "cache")}
     common = [sys.executable, "-m", "autotaper", "train", "--preset", "tiny", "--steps", "12", "--batch-size", "8",
               "--precision", "fp32", "--data", corpus, "--log-every", "1", "--quiet", "--json"]
-    one = subprocess.run([*common, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    one = subprocess.run([*common, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([*common, "--out", str(tmp_path / "two"), "--ray-workers", "2", "--address",
                           cluster.address], env=env, capture_output=True, text=True, timeout=600)

@@ -39,11 +39,11 @@ def test_report_cli_writes_the_page_and_results_points_to_it(study, tmp_path):
     storage = study
     out = tmp_path / "r.html"
     proc = subprocess.run([sys.executable, "-m", "autotaper", "report", "--storage", storage, "--study", "rep",
-                           "--out", str(out)], capture_output=True, text=True)
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"report: {out}" and out.stat().st_size > 10_000
     bad = subprocess.run([sys.executable, "-m", "autotaper", "report", "--storage", storage, "--study", "nope"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no study 'nope'" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 

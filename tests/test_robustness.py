@@ -129,13 +129,13 @@ def small_disk(tmp_path):
     under CI."""
     mount = tmp_path / "small"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True, timeout=60)
     if proc.returncode:
         if os.environ.get("CI"):
             pytest.fail(f"cannot mount a tmpfs: {proc.stderr.strip()}")
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=60)
 
 
 def test_a_full_disk_fails_the_checkpoint_clearly_and_the_previous_one_still_loads(small_disk, tmp_path, capsys):

@@ -237,10 +237,10 @@ def test_ladder_refuses_bad_input_with_one_line(tmp_path, ladder_space):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "ladder.rungs[1].d_model" in r.stderr and "-3" in r.stderr
     r = subprocess.run([sys.executable, "-m", "autotaper", "ladder", "--space", str(ladder_space), "--scales",
-                        "tiny,nope", "--target", "440m"], cwd=tmp_path, capture_output=True, text=True)
+                        "tiny,nope", "--target", "440m"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "unknown preset 'nope'" in r.stderr
     r = subprocess.run([sys.executable, "-m", "autotaper", "ladder", "--space", str(ladder_space), "--target",
-                        "no-such.json"], cwd=tmp_path, capture_output=True, text=True)
+                        "no-such.json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "no-such.json" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -66,19 +66,19 @@ def test_end_to_end_search_and_leaderboard(corpus, tmp_path):
 def test_results_cli_json_csv_and_table(corpus, tmp_path):
     run_search(parse_space(tiny_space(corpus)), quiet=True)
     base = [sys.executable, "-m", "autotaper", "results", "--study", "tiny"]
-    out = json.loads(subprocess.run([*base, "--json"], capture_output=True, text=True, check=True).stdout)
+    out = json.loads(subprocess.run([*base, "--json"], capture_output=True, text=True, check=True, timeout=300).stdout)
     assert set(out["trials"][0]) >= {"taper", "widths", "params_delta", "flops_delta", "delta_bpb", "ci95",
                                      "seeds", "status"}
-    csv_text = subprocess.run([*base, "--csv"], capture_output=True, text=True, check=True).stdout
+    csv_text = subprocess.run([*base, "--csv"], capture_output=True, text=True, check=True, timeout=300).stdout
     # one row per spec: trials whose knobs round to one spec are listed under the row's same_as
     study = optuna.load_study(study_name="tiny", storage="sqlite:///runs/search/tiny/study.db")
     specs = {t.user_attrs["spec_key"] for t in study.trials if "spec_key" in t.user_attrs}
     assert csv_text.splitlines()[0].startswith("trial,taper,widths") and len(csv_text.splitlines()) == 2 + len(specs)
     shown = {r["trial"] for r in out["trials"]} | {n for r in out["trials"] for n in r["same_as"]}
     assert shown == {t.number for t in study.trials}
-    table = subprocess.run(base, capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(base, capture_output=True, text=True, check=True, timeout=300).stdout
     assert "verdict:" in table and "reference" in table
-    missing = subprocess.run([*base[:-1], "nope"], capture_output=True, text=True)
+    missing = subprocess.run([*base[:-1], "nope"], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "no study" in missing.stderr and len(missing.stderr.splitlines()) == 1
 
 
@@ -136,7 +136,7 @@ def test_resume_keeps_completed_trials_and_fails_the_killed_one(corpus, tmp_path
 
 
 def _open_after_barrier(url, barrier):
-    barrier.wait()
+    barrier.wait(timeout=300)
     try:
         open_storage(url)
         return "ok"
@@ -174,7 +174,7 @@ def test_two_worker_processes_share_one_journal_study(corpus, tmp_path):
     data = tiny_space(corpus, proxy={"steps": 20}, search={"n_trials": 6, "seed": 0, "sampler": "random"})
     path = write_space(tmp_path / "space.yaml", data)
     proc = subprocess.run([sys.executable, "-m", "autotaper", "search", "--space", str(path), "--workers", "2",
-                           "--quiet", "--json"], capture_output=True, text=True)
+                           "--quiet", "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     board = json.loads(proc.stdout)
     assert board["storage"] == "journal:runs/search/tiny/journal.log"
@@ -250,7 +250,7 @@ def test_space_validation_lists_every_problem(tmp_path):
         assert needle in text, needle
     path = write_space(tmp_path / "bad.yaml", bad)
     proc = subprocess.run([sys.executable, "-m", "autotaper", "search", "--space", str(path)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "9 problem(s)" in proc.stderr
     assert not Path("runs").exists()  # nothing trained, nothing stored

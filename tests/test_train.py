@@ -1,7 +1,6 @@
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -152,12 +151,6 @@ def test_lr_schedules():
     assert w.lr_at(79) == 1.0 and w.lr_at(90) == pytest.approx(0.5) and w.lr_at(100) == 0.0
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(tmp_path, data):
     """torchrun with gloo on CPU, 2 ranks, global batch 8 (4 per rank) against 1 process at
@@ -172,7 +165,7 @@ def test_ddp_two_processes_match_one(tmp_path, data):
                          env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", str(_free_port()), "-m", "autotaper", *common,
+                          "--standalone", "-m", "autotaper", *common,
                           "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
@@ -186,7 +179,7 @@ def test_train_cli_json_and_errors(tmp_path, data):
     env = {**os.environ, "AUTOTAPER_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-m", "autotaper", "train", "--preset", "tiny", "--taper",
                            "ffn:cosine:1.5:0.5", "--steps", "5", "--data", corpus, "--out", str(tmp_path / "run"),
-                           "--json", "--quiet"], capture_output=True, text=True, env=env)
+                           "--json", "--quiet"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("val_loss", "val_bpb", "tokens_per_s", "data_fingerprint", "status"):
@@ -198,7 +191,7 @@ def test_train_cli_json_and_errors(tmp_path, data):
                         (["--tokenizer", "words"], "--tokenizer"), (["--batch-size", "6", "--grad-accum", "4"],
                                                                       "multiple of grad_accum")):
         proc = subprocess.run([sys.executable, "-m", "autotaper", "train", "--preset", "tiny", *bad],
-                              capture_output=True, text=True, env=env)
+                              capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert needle in proc.stderr and "Traceback" not in proc.stderr
 
@@ -223,10 +216,10 @@ def test_sigkilled_cli_run_resumes_to_the_same_numbers(tmp_path, data):
     while time.time() < deadline and not (latest.exists() and latest.read_text() >= "step-000020"):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=300)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    resumed = subprocess.run([*args, "--out", str(tmp_path / "killed")], env=env, capture_output=True, text=True)
-    whole = subprocess.run([*args, "--out", str(tmp_path / "whole")], env=env, capture_output=True, text=True)
+    resumed = subprocess.run([*args, "--out", str(tmp_path / "killed")], env=env, capture_output=True, text=True, timeout=300)
+    whole = subprocess.run([*args, "--out", str(tmp_path / "whole")], env=env, capture_output=True, text=True, timeout=300)
     r, w = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (resumed, whole))
     assert r["resumed_from"] >= 20
     for key in ("val_loss", "val_bpb", "train_loss", "data_fingerprint", "steps"):

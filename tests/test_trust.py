@@ -158,7 +158,7 @@ def test_confirm_uses_only_fresh_seeds_never_the_search(corpus, scripted):
     # confirming again through the CLI, on 2 of the seeds: the stored runs, the same numbers
     stored = len(study.user_attrs)
     out = subprocess.run([sys.executable, "-m", "autotaper", "confirm", "--study", summary.study, "--top-k", "2",
-                          "--seeds", "2", "--json"], capture_output=True, text=True)
+                          "--seeds", "2", "--json"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     again = json.loads(out.stdout.splitlines()[-1])
     assert again["seeds"] == conf["seeds"][:2]
@@ -215,7 +215,7 @@ def test_calibrate_on_tiny_gives_finite_sds_and_an_mde(corpus, tmp_path):
     path.write_text(yaml.safe_dump(micro_space(corpus, name="trust", proxy={"seeds": 3},
                                                search={"pruner": "none"})))
     out = subprocess.run([sys.executable, "-m", "autotaper", "calibrate", "--space", str(path), "--json",
-                          "--target-mde", str(cal.mde(3) / 2)], capture_output=True, text=True)
+                          "--target-mde", str(cal.mde(3) / 2)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got["delta_sd"] == pytest.approx(cal.delta_sd) and got["seeds_for_target_mde"] > 3
@@ -235,7 +235,7 @@ def test_bad_seeds_confirm_and_budget_settings_are_refused_with_the_field_named(
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(micro_space(corpus, name="bad", **change)))
     out = subprocess.run([sys.executable, "-m", "autotaper", "search", "--space", str(path)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and field in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()  # refused before anything was stored
@@ -252,13 +252,13 @@ def test_bad_seeds_confirm_and_budget_settings_are_refused_with_the_field_named(
 ])
 def test_bad_seed_and_confirm_flags_exit_2_naming_the_flag(tmp_path, args, field):
     (tmp_path / "x.yaml").write_text(yaml.safe_dump(micro_space("nowhere", name="x")))
-    out = subprocess.run([sys.executable, "-m", "autotaper", *args], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "autotaper", *args], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and field in out.stderr and "Traceback" not in out.stderr
 
 
 def test_confirm_of_a_missing_study_is_one_line_exit_2():
     out = subprocess.run([sys.executable, "-m", "autotaper", "confirm", "--study", "nope"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     with pytest.raises(ValueError, match="no study storage"):
         confirm(study_name="nope")
