@@ -151,6 +151,21 @@ def test_a_trial_whose_training_raises_fails_with_its_message_and_the_search_goe
     assert all(by_strength[s].state == optuna.trial.TrialState.COMPLETE for s in (0.2, 0.4))
 
 
+def test_a_baseline_that_does_not_train_stops_the_search_in_one_line(search, corpus):
+    """lr 50 makes the uniform baseline diverge: every delta would be measured against nothing,
+    so the search stops before any candidate trains, with one line naming the seed and why (on
+    Ray, the task's own error, not Ray's wrapping of a remote traceback), and the study keeps
+    no baseline to pair later trials with."""
+    with pytest.raises(ValueError) as caught:
+        search(micro(corpus, proxy={"lr": 50.0, "steps": 30}))
+    message = str(caught.value)
+    assert message.startswith("the uniform baseline did not train (seed ") and ": diverged, " in message
+    assert len(message.splitlines()) == 1, message
+    study = optuna.load_study(study_name="micro", storage="sqlite:///runs/search/micro/study.db")
+    assert not [k for k in study.user_attrs if k.startswith("baseline/")]
+    assert not [t for t in study.trials if t.user_attrs.get("steps_trained")]
+
+
 def test_ray_trials_train_on_the_drivers_tokens_not_their_own_disk(ray_instance, tmp_path, monkeypatch):
     """The corpus and its cache vanish once the driver has loaded them: every trial still
     trains, on the token arrays the driver sent through the object store."""

@@ -214,9 +214,16 @@ def prepare_search(study, space: BaseSpace, data, *, n_trials: int, started: flo
     return cal, plan
 
 
+START_WAIT_S = 120.0  # how long a worker waits for the others to be ready before it starts alone
+
+
 def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout: float | None,
-            threads: int, index: int, workers: int) -> None:
-    """Worker `index` of `workers`: load the study, run trials until the study holds n_trials."""
+            threads: int, index: int, workers: int, ready=None) -> None:
+    """Worker `index` of `workers`: load the study, run trials until the study holds n_trials.
+    `ready` (a barrier shared by the workers) holds each one until all have loaded torch, the
+    study and the data, so that a worker slower to start does not find the trials all taken."""
+    import threading
+
     import optuna
     import torch
 
@@ -227,6 +234,11 @@ def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout:
     objective = TaperObjective(space, data, StudyStore(study))
     stop = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
                                                             optuna.trial.TrialState.PRUNED))
+    if ready is not None:
+        try:
+            ready.wait(timeout=START_WAIT_S)
+        except threading.BrokenBarrierError:  # another worker failed to start or is slow: go on alone
+            pass
     if finished(study) >= n_trials:
         return
     study.optimize(objective, timeout=timeout, catch=(Exception,), callbacks=[stop], gc_after_trial=True)
@@ -294,13 +306,16 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
     else:
         ctx = mp.get_context("spawn")
         threads = max(1, cores // workers)
+        ready = ctx.Barrier(workers)
         procs = [ctx.Process(target=_worker, args=(space, url, study.study_name, n_trials, timeout, threads,
-                                                   i, workers))
+                                                   i, workers, ready))
                  for i in range(workers)]
         for p in procs:
             p.start()
         try:
             while any(p.is_alive() for p in procs):
+                if any(p.exitcode for p in procs):  # one failed before its first trial: free the others
+                    ready.abort()
                 progress.poll()
                 time.sleep(1.0)
         except KeyboardInterrupt:

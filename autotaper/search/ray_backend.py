@@ -370,7 +370,7 @@ def _scheduler(space: BaseSpace):
                          grace_period=max(p.eval_interval(), p.steps // 2), reduction_factor=3)
 
 
-def _gpu_memory() -> int:
+def _gpu_memory() -> int:  # cuda only
     import torch
 
     return torch.cuda.get_device_properties(0).total_memory
@@ -409,7 +409,10 @@ def _baselines_on_cluster(study, space: BaseSpace, data_ref, cpus: float, gpus: 
     missing = [s for s in seeds if BASELINE_KEY.format(seed=s) not in study.user_attrs]
     if missing:
         task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_baseline_task)
-        results = ray.get([task.remote(space, s, data_ref) for s in missing])
+        try:
+            results = ray.get([task.remote(space, s, data_ref) for s in missing])
+        except ray.exceptions.RayTaskError as e:  # the task's own error, not Ray's wrapping of its traceback
+            raise e.cause from None
         for seed, entry in zip(missing, results):
             if BASELINE_KEY.format(seed=seed) not in study.user_attrs:
                 study.set_user_attr(BASELINE_KEY.format(seed=seed), entry)
