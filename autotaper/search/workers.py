@@ -60,9 +60,15 @@ def auto_workers(space, *, device: str | None = None) -> WorkerChoice:
 
     cores = os.cpu_count() or 1
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if not use_cuda:
-        n = max(1, cores // 2)
-        return WorkerChoice(n, "cpu", None, f"{cores} cores, 2 threads per worker")
+    if use_cuda:  # cuda only
+        return _gpu_workers(space, cores)
+    n = max(1, cores // 2)
+    return WorkerChoice(n, "cpu", None, f"{cores} cores, 2 threads per worker")
+
+
+def _gpu_workers(space, cores: int) -> WorkerChoice:  # cuda only
+    import torch
+
     need = proxy_bytes(space)
     free, total = torch.cuda.mem_get_info()
     by_memory = max(1, int(MEMORY_SHARE * free // need))

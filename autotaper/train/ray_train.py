@@ -24,7 +24,7 @@ def _loop(cfg: dict) -> None:
 
     torch.set_num_threads(max(1, int(cfg["cpus_per_worker"])))
     config = TrainConfig.from_dict(cfg["config"])
-    if cfg["use_gpu"]:
+    if cfg["use_gpu"]:  # cuda only
         import dataclasses
 
         from ray.train.torch import get_device

@@ -133,7 +133,7 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
-    if device.type == "cuda":
+    if device.type == "cuda":  # cuda only
         return "bf16"
     # Measured on a 2-core avx512_bf16 CPU: bf16 autocast trains proxy-s 2.0x and proxy-m
     # 2.3x faster than fp32 (benchmarks/train_throughput.py); without native bf16 it is slower.
@@ -196,7 +196,7 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
         raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of world size x grad_accum "
                          f"({world} x {config.grad_accum})")
     device = resolve_device(config.device)
-    if device.type == "cuda" and world > 1 and config.device == "auto":
+    if device.type == "cuda" and world > 1 and config.device == "auto":  # cuda only
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     precision = resolve_precision(config.precision, device)
