@@ -44,14 +44,19 @@ def _isolated_registries():
     families._FAMILIES.update(saved[1])
 
 
-RAY_MODULES = {"test_backends", "test_ray_cluster"}
+# Each module that starts Ray is one xdist group: its tests run one after another in one
+# worker (a module-scoped Ray instance or cluster is torn down before another module's starts
+# there), while the other worker runs the other group or the rest.
+RAY_MODULES = {"test_backends": "ray-local", "test_ray_cluster": "ray-cluster"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
-    """Under pytest-xdist with `--dist loadgroup` (the README's command), the modules that
-    start Ray run one after another in one worker: one Ray instance on the machine at a
-    time, and a module-scoped cluster torn down before the next starts."""
+    """Under pytest-xdist with `--dist loadgroup` (the README's command), the Ray modules run
+    as two groups, and first: they are the longest chains, so they start while the many short
+    tests fill the gaps (every worker collects the same order, as xdist requires)."""
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in RAY_MODULES:
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        group = RAY_MODULES.get(item.module.__name__.rsplit(".", 1)[-1])
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.module.__name__.rsplit(".", 1)[-1] not in RAY_MODULES)

@@ -24,7 +24,7 @@ def ray_instance():
     ray = pytest.importorskip("ray")
     # workers import spaces defined in tests.helpers, as a user's workers import theirs
     root = str(Path(__file__).resolve().parents[1])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": root}})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": root}})
     yield
     ray.shutdown()
 

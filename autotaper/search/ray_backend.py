@@ -243,7 +243,9 @@ def _connect(address: str | None) -> bool:
             raise ValueError(f"--address {address!r}: cannot connect to a Ray cluster ({str(e).splitlines()[0]})") \
                 from None
         return False
-    ray.init(include_dashboard=False, log_to_driver=False)
+    # "local": a new instance, as --address's help says, even where a cluster started on this
+    # machine (`ray start`, another search's) has left its address behind for `ray.init()` to find
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     return True
 
 

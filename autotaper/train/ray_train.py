@@ -49,7 +49,7 @@ def train_on_ray(spec: ModelSpec, config: TrainConfig, *, out_dir: str | Path, d
     out_dir = Path(out_dir).resolve()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False) if address is None else \
+        ray.init(address="local", include_dashboard=False, log_to_driver=False) if address is None else \
             ray.init(address=address, log_to_driver=False)
     try:
         trainer = TorchTrainer(
