@@ -190,7 +190,7 @@ def build_report(storage: str | None, study_name: str, *, probe: dict | None = N
     from autotaper.search.results import leaderboard, load
 
     board = leaderboard(storage, study_name)
-    study, _ = load(board["storage"], study_name)
+    study, _ = load(storage, study_name)  # the URL as given: the board's is masked
     rows = board["trials"]
     verdict = board["verdict"]
     noise = "\n".join((board.get("noise") or {}).get("lines") or ["(no calibration stored)"])

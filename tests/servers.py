@@ -36,9 +36,10 @@ def _as_postgres(args: list[str]) -> list[str]:
 class Postgres:
     """A PostgreSQL server in a temporary folder on a loopback port: `pause()` stops the
     server and `resume()` starts it again on the same port and data (a real outage);
-    `stop()` ends it and removes the folder."""
+    `stop()` ends it and removes the folder. With `password`, connections over TCP must give
+    it (scram-sha-256), and `url` holds it."""
 
-    def __init__(self):
+    def __init__(self, password: str | None = None):
         import psycopg2  # first: a missing driver must not leave a server running
 
         self._psycopg2 = psycopg2
@@ -53,8 +54,16 @@ class Postgres:
         self.data = os.path.join(self.root, "data")
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
+        auth = ["--auth=trust"]
+        if password:
+            pwfile = os.path.join(self.root, "pwfile")
+            with open(pwfile, "w") as f:
+                f.write(password + "\n")
+            if os.geteuid() == 0:
+                shutil.chown(pwfile, "postgres", "postgres")
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
         try:
-            subprocess.run(_as_postgres([self.initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+            subprocess.run(_as_postgres([self.initdb, "-D", self.data, "-U", "postgres", *auth, "-E", "UTF8"]),
                            check=True, capture_output=True, timeout=120)
             for attempt in range(5):  # a free port can be taken before the server binds it: try another
                 self.port = free_port()
@@ -65,7 +74,7 @@ class Postgres:
         except BaseException:
             self.stop()
             raise
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.url = f"postgresql://postgres{':' + password if password else ''}@127.0.0.1:{self.port}/postgres"
         self._wait()
 
     def _start(self, check: bool = True) -> bool:

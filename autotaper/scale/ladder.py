@@ -34,6 +34,7 @@ from autotaper.scale.fidelity import UNIFORM, fidelity
 from autotaper.scale.rungs import LadderConfig, Rung, check_scales, parse_ladder, resolve
 from autotaper.scale.trend import best_per_rung, features, fit_trend, held_out
 from autotaper.search.space import PAPER_DEFAULT, YamlSpace, parse_space, read_space_file
+from autotaper.search.storage import mask_url
 
 REVERSE_DEFAULT = "ffn:cosine:0.5:1.5"  # the paper's taper growing with depth instead
 TARGET_BATCH_TOKENS = 2 ** 19  # the paper's 0.5M-token batches, for the printed training command
@@ -175,7 +176,7 @@ def _rung_report(r: Rung, study, url: str, conf: dict, probe: list[str]) -> dict
         deltas[label] = c["deltas"]
         probe_out[label] = {k: c[k] for k in ("mean", "ci95", "sd", "p", "p_holm", "beats_uniform",
                                               "worse_than_uniform", "deltas", "proxy_delta")}
-    return {**r.to_dict(), "study": study.study_name, "storage": url, "seeds": conf["seeds"],
+    return {**r.to_dict(), "study": study.study_name, "storage": mask_url(url), "seeds": conf["seeds"],
             "mde": conf["mde"], "pooled_sd": conf["pooled_sd"], "verdict": conf["text"], "winner": conf["winner"],
             "probe": probe_out, "deltas": deltas}
 

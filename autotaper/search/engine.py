@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from autotaper.search.objective import StudyStore, TaperObjective, ensure_baselines, metric_key
 from autotaper.search.space import PAPER_DEFAULT, BaseSpace
-from autotaper.search.storage import default_location, fail_dead_trials, open_storage
+from autotaper.search.storage import default_location, fail_dead_trials, mask_url, open_storage
 
 SPACE_ATTR = "autotaper/space"
 CORPUS_ATTR = "autotaper/corpus"
@@ -91,7 +91,7 @@ def open_study(space: BaseSpace, *, storage: str | None, study_name: str | None,
     elif _comparable(_older(stored, identity)) != _comparable(identity):
         stored, identity = _comparable(_older(stored, identity)), _comparable(identity)
         diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
-        raise ValueError(f"study {name!r} in {url} was created from a different space or proxy "
+        raise ValueError(f"study {name!r} in {mask_url(url)} was created from a different space or proxy "
                          f"({', '.join(diff)} differ); pick a new --study name")
     return study, url
 
@@ -275,7 +275,7 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
     check_corpus(study, data)
     p = space.proxy
     seeds = f"{p.seeds}..{p.max_seeds} seeds (racing)" if p.racing else f"{p.seeds} seeds"
-    say(f"study {study.study_name} in {url}: {finished(study)} of {n_trials} trials done; "
+    say(f"study {study.study_name} in {mask_url(url)}: {finished(study)} of {n_trials} trials done; "
         f"proxy {p.preset}, {p.steps} steps x {seeds}, corpus {data.name} "
         f"({len(data.train):,} train / {len(data.val):,} val tokens)")
     if data.note():

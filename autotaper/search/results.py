@@ -17,7 +17,7 @@ import io
 import math
 from typing import Any
 
-from autotaper.search.storage import default_location, open_storage
+from autotaper.search.storage import default_location, mask_url, open_storage
 
 RACE_MARK = {"worse": ">", "better": "<", "max_seeds": "="}
 ORDER = {"reference": 0, "complete": 1, "pruned": 2, "infeasible": 3, "failed": 4, "running": 5, "waiting": 6}
@@ -139,7 +139,7 @@ def load(storage: str | None, study_name: str):
     backend = open_storage(url)
     names = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
     if study_name not in names:
-        raise ValueError(f"results: no study {study_name!r} in {url} (studies: {', '.join(names) or 'none'})")
+        raise ValueError(f"results: no study {study_name!r} in {mask_url(url)} (studies: {', '.join(names) or 'none'})")
     return optuna.load_study(study_name=study_name, storage=backend), url
 
 
@@ -172,7 +172,7 @@ def leaderboard(storage: str | None, study_name: str) -> dict[str, Any]:
     else:
         final = verdict(rows, mde=noise["mde_search"] if noise else None)
     duplicates = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "duplicate")
-    return {"study": study_name, "storage": url, "trials": rows, "noise": noise, "confirmation": conf,
+    return {"study": study_name, "storage": mask_url(url), "trials": rows, "noise": noise, "confirmation": conf,
             "verdict": final, "duplicates": duplicates}
 
 

@@ -69,7 +69,7 @@ def open_storage(url: str):
     elif url.startswith(("mysql://", "mysql+")):
         pass
     else:
-        raise ValueError(f"storage: unsupported URL {url!r} (use sqlite:///, journal:, or postgresql://)")
+        raise ValueError(f"storage: unsupported URL {mask_url(url)!r} (use sqlite:///, journal:, or postgresql://)")
     import warnings
 
     # Workers (or a reader) that start together on a fresh database race to create Optuna's
@@ -104,6 +104,22 @@ def mask_url(url: str) -> str:
         creds, _, host = rest.rpartition("@")
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}"
+
+
+def strip_password(url: str) -> str:
+    """`url` without its password (libpq then reads PGPASSWORD or ~/.pgpass): a command that
+    can be printed and still run."""
+    if "://" not in url or "@" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        return url if parsed.password is None else parsed._replace(password=None).render_as_string(hide_password=False)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: strip by hand
+        scheme, _, rest = url.partition("://")
+        creds, _, host = rest.rpartition("@")
+        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
 
 
 def _connection_lost(error: BaseException | None) -> bool:
