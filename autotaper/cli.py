@@ -233,11 +233,50 @@ def cmd_compare(args) -> int:
 
 
 # -- search / results -------------------------------------------------------------------
+# search options a submitted job's own `autotaper search` takes over as they were given
+_FORWARDED = (("study", "--study"), ("n_trials", "--n-trials"), ("timeout", "--timeout"),
+              ("cpus_per_trial", "--cpus-per-trial"), ("gpus_per_trial", "--gpus-per-trial"),
+              ("max_concurrent", "--max-concurrent"), ("tune_storage", "--tune-storage"), ("budget", "--budget"),
+              ("sampler_seed", "--sampler-seed"), ("preset", "--preset"), ("family", "--family"),
+              ("steps", "--steps"), ("seeds", "--seeds"))
+_FORWARDED_FLAGS = (("no_confirm", "--no-confirm"), ("strict_data", "--strict-data"), ("json", "--json"),
+                    ("quiet", "--quiet"))
+
+
+def _submit(args, space) -> int:
+    """`search --submit`: the search as a Ray job that ships this package (autotaper.search.cluster)."""
+    from autotaper.search.cluster import follow, submit_search
+
+    forwarded = []
+    for dest, flag in _FORWARDED:
+        value = getattr(args, dest)
+        if value is not None:
+            value = f"{value[0]}:{value[1]}" if dest == "seeds" else f"{value:g}" if isinstance(value, float) else value
+            forwarded += [flag, str(value)]
+    forwarded += [flag for dest, flag in _FORWARDED_FLAGS if getattr(args, dest)]
+    job = submit_search(args.submit, args.space, forwarded, storage=args.storage, data=space.proxy.data,
+                        install=not args.no_install)
+    print(f"submitted job {job} to {args.submit}", file=sys.stderr)
+    if not args.follow:
+        print(f"follow it: ray job logs --follow {job} --address {args.submit}", file=sys.stderr)
+        return 0
+    status = follow(args.submit, job)
+    if status != "SUCCEEDED":
+        print(f"autotaper: error: job {job} ended {status}; see `ray job logs {job} --address {args.submit}`",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_search(args) -> int:
     from autotaper.search import run_search
 
     space = _load_space(args)
     budget_s = args.budget
+    if args.submit:
+        if args.backend != "ray":
+            raise UsageError("--submit runs the search as a Ray job: add --backend ray")
+        return _submit(args, space)
     if args.backend == "ray":
         from autotaper.search.ray_backend import run_ray_search
 
@@ -263,10 +302,23 @@ def cmd_search(args) -> int:
         print(json.dumps(board))
     else:
         print(to_table(board))
-        print(f"\nresults again: autotaper results --storage {summary.storage} --study {summary.study}",
-              file=sys.stderr)
+        given = None if getattr(args, "storage_from_env", False) else args.storage
+        print(f"\nresults again: {_results_command(given, summary.storage, summary.study)}", file=sys.stderr)
     print(f"report: {report} (one HTML file: open it in a browser)", file=sys.stderr)
     return 0
+
+
+def _results_command(given: str | None, url: str, study: str) -> str:
+    """The `autotaper results` line for a study, never with a password: a URL that came from
+    AUTOTAPER_STORAGE stays there, and a password in a given URL is left out (libpq takes it
+    from PGPASSWORD or ~/.pgpass)."""
+    from autotaper.search.storage import strip_password
+
+    if given is None and os.environ.get("AUTOTAPER_STORAGE") == url:
+        return f"autotaper results --study {study}  (storage from AUTOTAPER_STORAGE)"
+    shown = strip_password(url)
+    note = "  (password from PGPASSWORD or ~/.pgpass)" if shown != url else ""
+    return f"autotaper results --storage {shown} --study {study}{note}"
 
 
 def _add_data_override(p: argparse.ArgumentParser) -> None:
@@ -306,6 +358,7 @@ def _seeds(text: str) -> tuple[int, int]:
 
 def cmd_calibrate(args) -> int:
     from autotaper.search.calibrate import calibrate
+    from autotaper.search.storage import mask_url
 
     space = _load_space(args)
     lrs = args.lr if args.lr else ([space.proxy.lr * f for f in (0.5, 2.0)] if args.lr is not None else ())
@@ -317,12 +370,12 @@ def cmd_calibrate(args) -> int:
         in_use["confirmation"] = (space.settings.confirm.seeds, space.settings.confirm.top_k + 1)
     if args.json:
         mdes = {k: cal.mde(n[0], alpha=0.05 / n[1]) if isinstance(n, tuple) else cal.mde(n) for k, n in in_use.items()}
-        out = {**cal.to_dict(), "study": study, "storage": url, "mde": mdes}
+        out = {**cal.to_dict(), "study": study, "storage": mask_url(url), "mde": mdes}
         if args.target_mde:
             out["seeds_for_target_mde"] = cal.seeds_for(args.target_mde)
         print(json.dumps(out))
         return 0
-    print(f"study {study} ({url}); proxy {p.preset}, {p.steps} steps x {p.batch_size} sequences, lr {p.lr:g}")
+    print(f"study {study} ({mask_url(url)}); proxy {p.preset}, {p.steps} steps x {p.batch_size} sequences, lr {p.lr:g}")
     print("\n".join(cal.lines(in_use, target_mde=args.target_mde)))
     print(f"one proxy run: {cal.run_wall_s:.1f} s on this machine")
     return 0
@@ -583,6 +636,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: the space's, 0)")
     ray.add_argument("--max-concurrent", type=_positive(int), help="trials at once (default: as resources allow)")
     ray.add_argument("--tune-storage", help="where Ray Tune keeps its own state (default ~/ray_results/autotaper)")
+    ray.add_argument("--submit", metavar="DASHBOARD", help="run the search as a Ray job on the cluster whose "
+                     "dashboard is at this URL (http://HEAD:8265), shipping this autotaper, the space and its data; "
+                     "needs --storage (or AUTOTAPER_STORAGE) that the head node reaches")
+    ray.add_argument("--follow", action="store_true", help="with --submit: print the job's log until it ends")
+    ray.add_argument("--no-install", action="store_true", help="with --submit: install nothing on the nodes "
+                     "(they already hold autotaper's dependencies)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print the leaderboard as one JSON object")
     p.set_defaults(func=cmd_search)
@@ -695,6 +754,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "storage", "") is None and os.environ.get("AUTOTAPER_STORAGE"):
+            args.storage, args.storage_from_env = os.environ["AUTOTAPER_STORAGE"], True  # keeps passwords off argv
         return int(args.func(args) or 0)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,20 +1,24 @@
-"""A taper search as a Ray cluster job.
+"""A taper search as a Ray cluster job, through the Python API.
 
-Submit from any machine that can reach the cluster's dashboard (port 8265 by default):
+Submit it from this checkout's root, to any cluster whose dashboard you reach (port 8265 by
+default); `autotaper search --backend ray --submit http://HEAD:8265 ...` does the same in one
+command, with the space's data and pinned dependencies shipped too (README: On a Ray cluster):
 
     ray job submit --address http://HEAD:8265 --working-dir . \\
-        --runtime-env-json '{"pip": ["autotaper"]}' \\
+        --runtime-env-json '{"py_modules": ["autotaper"]}' \\
         -- python examples/ray_cluster_job.py --space search_spaces/ffn.yaml \\
-           --storage postgresql://user:pass@db-host/optuna --study ffn-proxy-s
+           --storage postgresql://user@db-host/optuna --study ffn-proxy-s
 
-- `--working-dir .` ships this folder (spaces, data files) to the cluster; the job runs in
-  a copy of it on the head node, so paths in the space are relative to it.
-- The runtime env installs autotaper on every node that lacks it (skip it when the nodes'
-  image has it).
-- Trials spread over every node (`--cpus-per-trial`, `--gpus-per-trial`; fractions share
-  a GPU). Results land in the study storage: use a database every node and you can reach
-  (PostgreSQL), or an SQLite file on the head node's disk, then read them with
-  `autotaper results --storage URL --study NAME`; the job's log ends with the leaderboard.
+- `--working-dir .` ships this folder (spaces, data files; what .gitignore names stays behind);
+  the job runs in a copy of it on the head node, so paths in the space are relative to it.
+- `py_modules` ships this checkout's `autotaper` package to every node, whether or not a node
+  installed it; nothing named autotaper is looked up on a package index.
+- Trials spread over every node (`--cpus-per-trial`, `--gpus-per-trial`; fractions share a
+  GPU), after a check that every node runs the driver's autotaper, torch, Optuna, Ray and
+  Python. Results land in the study storage: a database every node and you can reach
+  (PostgreSQL; its password from PGPASSWORD or ~/.pgpass, not the command line), or an SQLite
+  file on the head node's disk; read them with `autotaper results --storage URL --study NAME`.
+  The job's log ends with the leaderboard.
 """
 
 from __future__ import annotations

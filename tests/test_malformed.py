@@ -164,6 +164,12 @@ def test_malformed_data_path(make, needle, capsys, stored, tmp_path):
     (["search", "--space", "s.yaml", "--budget", "10x"], "--budget"),
     (["search", "--space", "s.yaml", "--steps", "-3"], "--steps"),
     (["search", "--space", "s.yaml", "--backend", "ray", "--cpus-per-trial", "0"], "--cpus-per-trial"),
+    (["search", "--space", "s.yaml", "--submit", "http://127.0.0.1:1"], "--backend ray"),
+    (["search", "--space", "s.yaml", "--backend", "ray", "--submit", "http://127.0.0.1:1"], "--storage"),
+    (["search", "--space", "s.yaml", "--backend", "ray", "--submit", "http://127.0.0.1:1", "--storage",
+      "sqlite:///study.db"], "absolute path"),
+    (["search", "--space", "s.yaml", "--backend", "ray", "--submit", "http://127.0.0.1:1", "--storage",
+      "sqlite:////tmp/x/study.db"], "--submit"),
 ])
 def test_malformed_cli_numbers(args, needle, capsys, stored, corpus):
     Path("s.yaml").write_text(yaml.safe_dump(_space(corpus)))

@@ -1,10 +1,13 @@
-"""A real two-node Ray cluster on this machine (ray.cluster_utils.Cluster: a head with the
-dashboard for the jobs API, and a second node joining it)."""
+"""A real two-node Ray cluster on this machine: a head (ray.cluster_utils.Cluster, with the
+dashboard for the jobs API) running this Python, and a second node started by `ray start`
+from a Python environment that has autotaper's dependencies and not autotaper itself, as on a
+cluster whose nodes never installed it. Every search here ships the driver's package."""
 
 import json
 import os
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import time
@@ -22,21 +25,94 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+def _node_environ() -> dict:
+    # nothing of this checkout may leak in through the environment
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "COV_CORE_SOURCE")}
+
+
+def bare_python(folder: Path, wheels=()) -> Path:
+    """A virtual environment without autotaper whose site-packages lists this interpreter's
+    site-packages on a path line of a .pth file. A path line only adds the folder; the .pth
+    files inside it are not run, so the finder of autotaper's editable install never is.
+    `wheels` are installed into the environment itself, ahead of the shared ones."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
+    own = next(folder.glob("lib/python3*/site-packages"))
+    (own / "dependencies.pth").write_text("".join(f"{p}\n" for p in site.getsitepackages()))
+    python = folder / "bin" / "python"
+    for wheel in wheels:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(own),
+                        str(wheel)], check=True, timeout=300, env=_node_environ())
+    probe = subprocess.run([str(python), "-c", "import ray, torch, optuna; import autotaper"], cwd=folder,
+                           capture_output=True, text=True, timeout=120, env=_node_environ())
+    assert "No module named 'autotaper'" in probe.stderr, f"the bare environment is not bare: {probe.stderr[-500:]}"
+    return python
+
+
+class Node:
+    """`ray start --block` from `python`, joined to the cluster at `address`, in a process
+    group of its own: stop() ends it and every process it started. Its own temp dir, as on
+    another machine: nodes on one machine otherwise share the session folder, where Ray builds
+    each runtime env's virtualenv (a second node's build finds the first's and fails)."""
+
+    def __init__(self, python: Path, address: str, folder: Path):
+        import tempfile
+
+        self.log = open(folder / "node.log", "w")
+        self.temp = tempfile.mkdtemp(prefix="ray-node-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+        self.proc = subprocess.Popen([str(python), "-m", "ray.scripts.scripts", "start", "--address", address,
+                                      "--num-cpus", "1", "--block", "--disable-usage-stats", "--temp-dir", self.temp],
+                                     cwd=folder, env=_node_environ(), stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.id = None
+
+    def stop(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(timeout=30)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.log.close()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def alive_nodes(dashboard: str) -> list:
+    from ray.util.state import list_nodes
+
+    return [n for n in list_nodes(address=dashboard) if n.state == "ALIVE"]
+
+
+def join(node: Node, dashboard: str, before: set, timeout: float = 120) -> str:
+    """Wait until `node` is alive in the cluster; returns its node id."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if node.proc.poll() is not None:
+            raise AssertionError(f"the node ended ({node.proc.returncode}): {Path(node.log.name).read_text()[-2000:]}")
+        new = {n.node_id for n in alive_nodes(dashboard)} - before
+        if new:
+            node.id = new.pop()
+            return node.id
+        time.sleep(1)
+    raise AssertionError("the node did not join")
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     pytest.importorskip("ray.dashboard")
     from ray.cluster_utils import Cluster
-
-    # Nodes take this machine's own address (Ray's job agent does not come up on 127.0.0.1);
-    # the dashboard that `ray job submit` talks to listens on loopback only. Its port is the one
-    # Ray bound (it moves on from a taken one), read back, never one picked here beforehand.
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": 8265})
-    c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    c.dashboard = f"http://{c.head_node.webui_url}"
     from ray.job_submission import JobSubmissionClient
 
+    folder = tmp_path_factory.mktemp("bare")
+    python = bare_python(folder / "env")
+    # Nodes take this machine's own address (Ray's job agent does not come up on 127.0.0.1);
+    # the dashboard that `ray job submit` talks to listens on loopback only. Its port is the one
+    # Ray bound (from 8265 on, past taken ones), read back, never one picked here beforehand.
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1"})
+    c.dashboard = f"http://{c.head_node.webui_url}"
     deadline = time.time() + 120  # the job agent comes up a few seconds after the head
     while True:
         try:
@@ -46,14 +122,21 @@ def cluster():
             if time.time() > deadline:
                 raise
             time.sleep(1)
-    yield c
-    c.shutdown()
+    c.head_id = alive_nodes(c.dashboard)[0].node_id
+    bare = Node(python, c.address, folder)
+    try:
+        c.bare_id = join(bare, c.dashboard, {c.head_id})
+        c.bare_python = python
+        yield c
+    finally:
+        bare.stop()
+        c.shutdown()
 
 
-def space_file(folder: Path, corpus: str, **proxy) -> Path:
+def space_file(folder: Path, corpus: str, search=None, **proxy) -> Path:
     data = {"name": "cluster", "proxy": {"preset": "tiny", "steps": 30, "batch_size": 8, "seeds": 2,
                                          "precision": "fp32", "data": corpus, "eval_every": 10, **proxy},
-            "search": {"sampler": "tpe", "pruner": "none", "n_trials": 5},
+            "search": {"sampler": "tpe", "pruner": "none", "n_trials": 5, "confirm": False, **(search or {})},
             "taper": {"ffn": {"curve": ["linear", "cosine"], "strength": {"low": -0.5, "high": 0.75}}}}
     path = folder / "space.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -64,23 +147,58 @@ def load(url, name="cluster"):
     return optuna.load_study(study_name=name, storage=open_storage(url))
 
 
-def test_job_submit_runs_trials_on_both_nodes(cluster, tmp_path):
-    job = tmp_path / "job"
-    (job / "examples").mkdir(parents=True)
-    shutil.copy(ROOT / "examples" / "ray_cluster_job.py", job / "examples")
-    corpus = write_corpus(job / "corpus")
-    space_file(job, str(corpus))
-    url = f"sqlite:///{tmp_path}/study.db"
-    proc = subprocess.run(["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", str(job), "--",
-                           "python", "examples/ray_cluster_job.py", "--space", "space.yaml", "--storage", url,
-                           "--json"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    study = load(url)
+# Trials long enough (about 10 s here) that the node without autotaper, which starts each
+# job's first trial worker from nothing (unzip the package, import torch), takes trials too
+# rather than finding them all done by the head.
+JOB_PROXY = {"steps": 150}
+JOB_SEARCH = {"n_trials": 6}
+
+
+def _on_both_nodes(cluster, url, name="cluster", n_min=2):
+    study = load(url, name)
     done = [t for t in study.trials if t.user_attrs.get("status") == "complete"]
-    assert len(done) >= 4
+    assert len(done) >= n_min
     nodes = {t.user_attrs.get("node") for t in done}
-    assert len(nodes) == 2, f"trials ran on {nodes}"
-    assert "verdict" in proc.stdout
+    assert nodes == {cluster.head_id, cluster.bare_id}, f"trials ran on {nodes}"
+
+
+def test_ray_job_submit_as_the_readme_shows_runs_trials_on_a_node_without_autotaper(cluster, tmp_path):
+    """The manual route: `ray job submit` with this checkout's package as py_modules."""
+    job = tmp_path / "job"
+    corpus = write_corpus(job / "corpus")
+    space_file(job, "corpus", JOB_SEARCH, **JOB_PROXY)
+    url = f"sqlite:///{tmp_path}/study.db"
+    env = json.dumps({"py_modules": [str(ROOT / "autotaper")]})
+    proc = subprocess.run(["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", str(job),
+                           "--runtime-env-json", env, "--", "python", "-m", "autotaper", "search", "--backend", "ray",
+                           "--address", "auto", "--space", "space.yaml", "--storage", url, "--json", "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert corpus.exists() and '"verdict"' in proc.stdout
+    _on_both_nodes(cluster, url)
+
+
+def test_submit_ships_autotaper_pins_what_nodes_lack_and_ends_with_the_leaderboard(cluster, tmp_path):
+    """`autotaper search --submit`: the job's runtime env carries this package (py_modules), the
+    space and its data (working_dir), and pinned dependencies that name no autotaper package
+    for pip to look up; the node without autotaper trains trials; --follow ends with the board."""
+    from ray.job_submission import JobSubmissionClient
+
+    corpus = write_corpus(tmp_path / "corpus")
+    space = space_file(tmp_path, str(corpus), JOB_SEARCH, **JOB_PROXY)
+    url = f"sqlite:///{tmp_path}/study.db"
+    proc = subprocess.run([sys.executable, "-m", "autotaper", "search", "--backend", "ray", "--submit",
+                           cluster.dashboard, "--space", str(space), "--storage", url, "--study", "submitted",
+                           "--follow", "--quiet"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job = proc.stderr.split("submitted job ", 1)[1].split()[0]
+    assert "verdict:" in proc.stdout and "reference" in proc.stdout  # the job's log ends with the leaderboard
+    env = JobSubmissionClient(cluster.dashboard).get_job_info(job).runtime_env
+    pins = env["pip"]["packages"] if isinstance(env["pip"], dict) else env["pip"]
+    assert not [p for p in pins if p.split("=")[0].lower() == "autotaper"] and "optuna==" + optuna.__version__ in pins
+    assert all("==" in p for p in pins) and env["py_modules"] and env["env_vars"]["AUTOTAPER_STORAGE"] == url
+    assert url not in JobSubmissionClient(cluster.dashboard).get_job_info(job).entrypoint
+    _on_both_nodes(cluster, url, "submitted")
 
 
 def _driver(space: Path, url: str, address: str, env=None):
@@ -179,3 +297,34 @@ def test_ray_train_ddp_matches_one_process(cluster, tmp_path):
     read = lambda d: [r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())  # noqa: E731
                       if "loss" in r]
     assert read(tmp_path / "two") == pytest.approx(read(tmp_path / "one"), rel=1e-4)
+
+
+def test_a_node_running_another_optuna_is_named_before_any_trial(cluster, tmp_path):
+    """A third node whose environment holds Optuna 4.5.0 (a real wheel, from the package index)
+    joins: the search stops in one line naming that node and both versions, trains nothing,
+    and the cluster goes on without it."""
+    wheels = tmp_path / "wheels"
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                          "-d", str(wheels), "optuna==4.5.0"], capture_output=True, text=True, timeout=300)
+    if got.returncode:
+        message = f"cannot download optuna 4.5.0: {got.stderr[-300:]}"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    python = bare_python(tmp_path / "env", wheels=list(wheels.glob("*.whl")))
+    node = Node(python, cluster.address, tmp_path)
+    try:
+        third = join(node, cluster.dashboard, {cluster.head_id, cluster.bare_id})
+        corpus = write_corpus(tmp_path / "corpus")
+        space = space_file(tmp_path, str(corpus))
+        url = f"sqlite:///{tmp_path}/study.db"
+        proc = _driver(space, url, cluster.address)
+        out, err = proc.communicate(timeout=600)
+        err = err.decode()
+        assert proc.returncode == 2, err[-3000:]
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("autotaper: error: version skew: node ") and "optuna 4.5.0 (driver " in line
+        assert line.count("runs ") == 1, line  # only the third node differs
+        study = load(url)
+        assert not [k for k in study.user_attrs if k.startswith("baseline/")] and not study.trials
+        assert third not in {cluster.head_id, cluster.bare_id}
+    finally:
+        node.stop()

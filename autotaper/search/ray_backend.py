@@ -41,6 +41,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from autotaper.search.cluster import check_versions, connect
 from autotaper.search.engine import (SearchSummary, add_references, check_corpus, finish_search, finished, open_study,
                                      prepare_search)
 from autotaper.search.objective import (INFEASIBLE_PENALTY, MemoryStore, TaperObjective, ensure_baselines,
@@ -230,25 +231,6 @@ class _Define:
         return {"spec": prep.spec.to_dict(), "train": prep.train, "incumbent": prep.incumbent, "known": prep.known}
 
 
-def _connect(address: str | None) -> bool:
-    """Attach to `address` or start a local instance; True when we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except Exception as e:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
-            raise ValueError(f"--address {address!r}: cannot connect to a Ray cluster ({str(e).splitlines()[0]})") \
-                from None
-        return False
-    # "local": a new instance, as --address's help says, even where a cluster started on this
-    # machine (`ray start`, another search's) has left its address behind for `ray.init()` to find
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    return True
-
-
 def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: str | None = None,
                    n_trials: int | None = None, timeout: float | None = None, address: str | None = None,
                    cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
@@ -281,7 +263,9 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
         previous = None
     root.mkdir(parents=True, exist_ok=True)
     os.chdir(root)
-    ours = _connect(address)
+    ours = connect(address)
+    if address or len([n for n in ray.nodes() if n.get("Alive")]) > 1:
+        check_versions()  # before any trial: a node with other versions is named in one line
     # Tune asks Optuna for trials outside Study.optimize, so RDB storages warn that their
     # heartbeat is unused; Tune watches its own workers, and a trial without heartbeats is
     # never failed as stale, so the warning says nothing the user can act on.

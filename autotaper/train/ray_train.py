@@ -49,8 +49,9 @@ def train_on_ray(spec: ModelSpec, config: TrainConfig, *, out_dir: str | Path, d
     out_dir = Path(out_dir).resolve()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address="local", include_dashboard=False, log_to_driver=False) if address is None else \
-            ray.init(address=address, log_to_driver=False)
+        from autotaper.search.cluster import connect
+
+        connect(address)  # a cluster's nodes get this autotaper (py_modules), installed there or not
     try:
         trainer = TorchTrainer(
             _loop,
