@@ -314,12 +314,23 @@ def test_a_proposal_yields_to_a_running_trial_of_the_same_spec():
 
 
 def test_workers_auto_sizes_the_pool_from_the_device_and_says_so(corpus, capsys):
-    """On a CPU: one worker per two cores (each with two threads); the choice is printed."""
+    """On a CPU: one worker per two cores (each with two threads). On a GPU: as many as its
+    free memory holds at the estimated peak each, at most one per host core and 16. The
+    choice is printed."""
     space = parse_space(tiny_space(corpus, search={"n_trials": 2}))
     run_search(space, workers="auto", quiet=False, confirm=False)
     err = capsys.readouterr().err
-    expected = max(1, (os.cpu_count() or 1) // 2)
-    assert f"workers: {expected} on cpu ({os.cpu_count()} cores" in err
+    cores = os.cpu_count() or 1
+    if not torch.cuda.is_available():
+        assert f"workers: {max(1, cores // 2)} on cpu ({cores} cores" in err
+        return
+    from autotaper.search.workers import proxy_bytes
+
+    line = next(x for x in err.splitlines() if x.startswith("workers: "))
+    n = int(line.split()[1])
+    assert f" on {torch.cuda.get_device_name()}, " in line
+    assert f"{proxy_bytes(space) / 2**30:.2f} GiB each" in line
+    assert 1 <= n <= min(16, cores) and n * proxy_bytes(space) <= torch.cuda.mem_get_info()[1]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -332,12 +343,16 @@ def test_training_memory_estimate_bounds_what_a_proxy_uses_on_cuda(corpus):
 
     from autotaper.spec import ModelSpec
 
-    spec = ModelSpec.from_name("proxy-xs")
-    torch.cuda.reset_peak_memory_stats()
-    train(spec, load_data(corpus), TrainConfig(steps=3, batch_size=16, device="cuda"), quiet=True)
-    peak = torch.cuda.max_memory_allocated()
-    estimate = training_bytes(spec, 16, "bf16") - CUDA_CONTEXT_BYTES
-    assert peak <= estimate <= 3 * peak, (peak, estimate)
+    data = load_data(corpus)
+    for preset, batch, precision in (("proxy-xs", 16, "bf16"), ("proxy-s", 64, "bf16"), ("proxy-s", 16, "fp32")):
+        spec = ModelSpec.from_name(preset, vocab_size=data.vocab_size)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        train(spec, data, TrainConfig(steps=3, batch_size=batch, device="cuda", precision=precision), quiet=True)
+        peak = torch.cuda.max_memory_allocated() - base
+        estimate = training_bytes(spec, batch, precision) - CUDA_CONTEXT_BYTES
+        assert peak <= estimate <= 3 * peak, (preset, batch, precision, peak, estimate)
 
 
 @pytest.mark.parametrize("sampler, pruner, objectives", [
