@@ -13,8 +13,8 @@ _CACHE = tempfile.mkdtemp(prefix="autotaper-test-cache-")
 os.environ["AUTOTAPER_CACHE"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `-n 3`: three workers share the two cores, so each trains on one thread (and so do the
-    # CLI, search and Ray processes it starts) instead of six threads fighting over two.
+    # `-n 2`: two workers share the two cores, so each trains on one thread (and so do the
+    # CLI, search and Ray processes it starts) instead of four threads fighting over two.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from hypothesis import HealthCheck, settings
