@@ -55,44 +55,42 @@ def micro(corpus, **changes):
     return parse_space(micro_space(corpus, **changes))
 
 
-def test_rows_have_the_same_shape(search, corpus):
-    url = search(micro(corpus))
-    board = leaderboard(url, "micro")
-    rows = board["trials"]
-    assert rows[0]["status"] == "reference"
-    complete = [r for r in rows if r["status"] == "complete"]
-    assert len(complete) >= 2 and any(r["taper"] == "ffn:cosine:1.5:0.5" for r in complete)
-    study = optuna.load_study(study_name="micro", storage=url)
-    for r in complete:
-        assert r["seeds"] == 2 and r["params_delta"] == 0 and r["backend"] == search.backend
-        assert_t_interval(r["ci95"], study.trials[r["trial"]].user_attrs["seed_deltas"])
-    assert board["verdict"]["text"]
-
-
-def test_same_taper_same_numbers_on_both_backends(corpus, ray_instance, tmp_path):
-    """The paper's default trial is trained identically by both backends (paired, seeded)."""
+def test_both_backends_give_the_same_rows_and_the_same_numbers(corpus, ray_instance, tmp_path):
+    """The micro search on each backend: the reference first, complete rows with their t
+    intervals and backend, a verdict; the paper's default trial trained identically by both
+    (paired, seeded); and the two leaderboards' rows of one shape, field for field."""
     from autotaper.search.ray_backend import run_ray_search
 
-    space = micro(corpus, search={"n_trials": 2})
-    a = run_search(space, quiet=True, storage=f"sqlite:///{tmp_path}/a.db").storage
-    b = run_ray_search(space, quiet=True, storage=f"sqlite:///{tmp_path}/b.db", tune_storage=str(tmp_path)).storage
-    pick = lambda url: next(r for r in leaderboard(url, "micro")["trials"] if r["taper"] == "ffn:cosine:1.5:0.5")  # noqa: E731
-    assert pick(a)["delta_bpb"] == pytest.approx(pick(b)["delta_bpb"], abs=1e-6)
-    # the two backends' leaderboards have rows of the same shape, field for field
-    rows_a, rows_b = leaderboard(a, "micro")["trials"], leaderboard(b, "micro")["trials"]
-    assert {frozenset(r) for r in rows_a} == {frozenset(r) for r in rows_b} and len({frozenset(r) for r in rows_a}) == 1
+    space = micro(corpus)
+    urls = {"optuna": run_search(space, quiet=True, storage=f"sqlite:///{tmp_path}/a.db").storage,
+            "ray": run_ray_search(space, quiet=True, storage=f"sqlite:///{tmp_path}/b.db", cpus_per_trial=1,
+                                  tune_storage=str(tmp_path)).storage}
+    boards = {backend: leaderboard(url, "micro") for backend, url in urls.items()}
+    for backend, board in boards.items():
+        rows = board["trials"]
+        assert rows[0]["status"] == "reference" and board["verdict"]["text"]
+        complete = [r for r in rows if r["status"] == "complete"]
+        assert len(complete) >= 2 and any(r["taper"] == "ffn:cosine:1.5:0.5" for r in complete)
+        study = optuna.load_study(study_name="micro", storage=urls[backend])
+        for r in complete:
+            assert r["seeds"] == 2 and r["params_delta"] == 0 and r["backend"] == backend
+            assert_t_interval(r["ci95"], study.trials[r["trial"]].user_attrs["seed_deltas"])
+    pick = {b: next(r for r in board["trials"] if r["taper"] == "ffn:cosine:1.5:0.5") for b, board in boards.items()}
+    assert pick["optuna"]["delta_bpb"] == pytest.approx(pick["ray"]["delta_bpb"], abs=1e-6)
+    shapes = {frozenset(r) for board in boards.values() for r in board["trials"]}
+    assert len(shapes) == 1, shapes
 
 
 def test_resume_keeps_finished_trials(search, corpus):
     space = micro(corpus)
-    url = search(space, n_trials=3)
+    url = search(space, n_trials=2)
     first = {t.number: t.value for t in optuna.load_study(study_name="micro", storage=url).trials
              if t.state == optuna.trial.TrialState.COMPLETE}
-    url = search(space, n_trials=5)
+    url = search(space, n_trials=4)
     study = optuna.load_study(study_name="micro", storage=url)
     for number, value in first.items():
         assert study.trials[number].value == value
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 5
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 4
 
 
 def test_failed_and_infeasible_trials(search, corpus):

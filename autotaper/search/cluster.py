@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 VERSIONED = ("autotaper", "torch", "optuna", "ray", "python")
@@ -220,6 +221,10 @@ def runtime_env(folder: Path, *, storage: str, install: bool = True) -> dict:
     return env
 
 
+NO_AGENT = "No available agent to submit job"
+AGENT_WAIT_S = 60  # how long a submission waits for the head's job agent to come up
+
+
 def submit_search(address: str, space_path: str | Path, args: list[str], *, storage: str | None,
                   data: str | None = None, install: bool = True, say=print) -> str:
     """Submit `autotaper search --backend ray --address auto --space space.yaml ARGS` as a Ray
@@ -242,13 +247,23 @@ def submit_search(address: str, space_path: str | Path, args: list[str], *, stor
     except Exception as e:  # noqa: BLE001 - connection errors come in many kinds; one line
         shutil.rmtree(folder, ignore_errors=True)
         raise ValueError(f"--submit {address!r}: cannot reach a Ray dashboard ({str(e).splitlines()[0]})") from None
+    deadline = time.monotonic() + AGENT_WAIT_S
     try:
-        job = client.submit_job(entrypoint=" ".join(_quote(a) for a in entry),
-                                runtime_env=runtime_env(folder, storage=storage, install=install),
-                                metadata={"autotaper": versions()["autotaper"] or ""})
+        while True:
+            try:
+                return client.submit_job(entrypoint=" ".join(_quote(a) for a in entry),
+                                         runtime_env=runtime_env(folder, storage=storage, install=install),
+                                         metadata={"autotaper": versions()["autotaper"] or ""})
+            except RuntimeError as e:  # the Job SDK's answer to a refused request
+                # A cluster started moments ago has a dashboard before its head's job agent
+                # is up: Ray answers "No available agent to submit job, please try again later".
+                if NO_AGENT in str(e) and time.monotonic() < deadline:
+                    time.sleep(2)
+                    continue
+                raise ValueError(f"--submit {address!r}: the cluster refused the job "
+                                 f"({' '.join(str(e).split())})") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # uploaded by now (or never)
-    return job
 
 
 def _quote(arg: str) -> str:
