@@ -3,6 +3,7 @@ dashboard for the jobs API) running this Python, and a second node started by `r
 from a Python environment that has autotaper's dependencies and not autotaper itself, as on a
 cluster whose nodes never installed it. Every search here ships the driver's package."""
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -30,14 +31,24 @@ def _node_environ() -> dict:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "COV_CORE_SOURCE")}
 
 
-def bare_python(folder: Path, wheels=()) -> Path:
+def bare_python(folder: Path, wheels=(), without=()) -> Path:
     """A virtual environment without autotaper whose site-packages lists this interpreter's
     site-packages on a path line of a .pth file. A path line only adds the folder; the .pth
     files inside it are not run, so the finder of autotaper's editable install never is.
-    `wheels` are installed into the environment itself, ahead of the shared ones."""
+    `wheels` are installed into the environment itself, ahead of the shared ones; the
+    distributions named in `without` are left out (the shared folders are then seen through
+    a folder of links to every entry but theirs)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
     own = next(folder.glob("lib/python3*/site-packages"))
-    (own / "dependencies.pth").write_text("".join(f"{p}\n" for p in site.getsitepackages()))
+    shared = [Path(p) for p in site.getsitepackages()]
+    if without:
+        view = folder / "shared"
+        view.mkdir()
+        for entry in (e for p in shared if p.is_dir() for e in p.iterdir()):
+            if not entry.name.lower().startswith(tuple(w.lower() for w in without)) and not (view / entry.name).exists():
+                (view / entry.name).symlink_to(entry)
+        shared = [view]
+    (own / "dependencies.pth").write_text("".join(f"{p}\n" for p in shared))
     python = folder / "bin" / "python"
     for wheel in wheels:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(own),
@@ -203,6 +214,7 @@ def test_submit_ships_autotaper_pins_what_nodes_lack_and_ends_with_the_leaderboa
     env = JobSubmissionClient(cluster.dashboard).get_job_info(job).runtime_env
     pins = env["pip"]["packages"] if isinstance(env["pip"], dict) else env["pip"]
     assert not [p for p in pins if p.split("=")[0].lower() == "autotaper"] and "optuna==" + optuna.__version__ in pins
+    assert "pandas==" + importlib.metadata.version("pandas") in pins  # Ray Tune's own dependencies, too
     assert all("==" in p for p in pins) and env["py_modules"] and env["env_vars"]["AUTOTAPER_STORAGE"] == url
     assert url not in JobSubmissionClient(cluster.dashboard).get_job_info(job).entrypoint
     _on_both_nodes(cluster, url, "submitted")
@@ -303,15 +315,16 @@ def test_ray_train_ddp_matches_one_process(cluster, tmp_path):
 
 def test_a_node_running_another_optuna_is_named_before_any_trial(cluster, tmp_path):
     """A third node whose environment holds Optuna 4.5.0 (a real wheel, from the package index)
-    joins: the search stops in one line naming that node and both versions, trains nothing,
-    and the cluster goes on without it."""
+    and lacks pandas (so its Ray cannot import ray.tune, as a node with a plain `ray` install)
+    joins: the search stops in one line naming that node, both versions and the failed import,
+    trains nothing, and the cluster goes on without it."""
     wheels = tmp_path / "wheels"
     got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                           "-d", str(wheels), "optuna==4.5.0"], capture_output=True, text=True, timeout=300)
     if got.returncode:
         message = f"cannot download optuna 4.5.0: {got.stderr[-300:]}"
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    python = bare_python(tmp_path / "env", wheels=list(wheels.glob("*.whl")))
+    python = bare_python(tmp_path / "env", wheels=list(wheels.glob("*.whl")), without=("pandas",))
     node = Node(python, cluster.address, tmp_path)
     try:
         third = join(node, cluster.dashboard, {cluster.head_id, cluster.bare_id})
@@ -324,6 +337,7 @@ def test_a_node_running_another_optuna_is_named_before_any_trial(cluster, tmp_pa
         assert proc.returncode == 2, err[-3000:]
         line = err.strip().splitlines()[-1]
         assert line.startswith("autotaper: error: version skew: node ") and "optuna 4.5.0 (driver " in line
+        assert "cannot import ray.tune (" in line and "pandas" in line, line
         assert line.count("runs ") == 1, line  # only the third node differs
         study = load(url)
         assert not [k for k in study.user_attrs if k.startswith("baseline/")] and not study.trials

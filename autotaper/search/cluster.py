@@ -11,8 +11,8 @@ looked up on a package index.
 driver itself as a Ray job (`submit_search`). Its runtime env holds
 - `py_modules`: the package, as above;
 - `working_dir`: a staging folder with the space file and the local data files it names;
-- `pip`: the package's dependencies pinned to the versions this machine runs (Ray excepted:
-  a node's Ray is the cluster's). pip leaves a requirement a node already meets and installs
+- `pip`: the package's dependencies and those of Ray's `tune` extra, pinned to the versions
+  this machine runs (Ray excepted: a node's Ray is the cluster's). pip leaves a requirement a node already meets and installs
   one it lacks; `--no-install` leaves the nodes' environments alone;
 - `env_vars`: the storage URL (`AUTOTAPER_STORAGE`) and `PGPASSWORD` when set, so that the
   entrypoint, which `ray job list` shows, never holds a password. Ray keeps a job's runtime
@@ -20,8 +20,8 @@ driver itself as a Ray job (`submit_search`). Its runtime env holds
   nodes' `~/.pgpass` instead.
 
 Before any trial, the driver runs one task on every node (`check_versions`) that reports its
-autotaper, torch, Optuna, Ray and Python versions; a node that differs from the driver is
-named in one error.
+autotaper, torch, Optuna, Ray and Python versions and whether it imports ray.tune; a node
+that differs from the driver, or cannot, is named in one error.
 """
 
 from __future__ import annotations
@@ -106,13 +106,16 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def check_versions(timeout_s: float = 300.0) -> list[dict]:
-    """Every alive node's versions (one zero-CPU task pinned to each) against this driver's;
-    raises VersionSkew naming each node that differs. Returns what each node reported."""
+def check_versions(timeout_s: float = 300.0, modules: tuple[str, ...] = ()) -> list[dict]:
+    """Every alive node's versions (one zero-CPU task pinned to each) against this driver's,
+    and whether each node imports `modules` (a Tune search needs `ray.tune`, which a plain
+    `ray` install lacks); raises VersionSkew naming each node that differs or cannot.
+    Returns what each node reported."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    def report() -> dict:  # defined here, so it travels by value: it needs nothing on the node
+    def report(modules) -> dict:  # defined here, so it travels by value: it needs nothing on the node
+        import importlib
         import platform
         import socket
         from importlib.metadata import PackageNotFoundError, version
@@ -129,30 +132,42 @@ def check_versions(timeout_s: float = 300.0) -> list[dict]:
                 out[name] = version(name).split("+", 1)[0]
             except PackageNotFoundError:
                 out[name] = None
+        out["imports"] = {}
+        for module in modules:
+            try:
+                importlib.import_module(module)
+                out["imports"][module] = None
+            except Exception as e:  # noqa: BLE001 - any failure to import is the answer
+                root = e.__cause__ or e  # ray.tune wraps the missing module in advice to install ray[tune]
+                out["imports"][module] = " ".join(str(root).split()) or type(root).__name__
         return out
 
     ours = versions()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     task = ray.remote(num_cpus=0, max_retries=1)(report)
-    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(modules)
             for n in nodes]
     found = ray.get(refs, timeout=timeout_s)
     problems = []
     for node, got in zip(nodes, found):
         differ = [f"{k} {got.get(k) or 'missing'} (driver {ours[k]})" for k in VERSIONED if got.get(k) != ours[k]]
+        differ += [f"cannot import {m} ({why})" for m, why in got["imports"].items() if why]
         if differ:
             problems.append(f"node {node['NodeManagerAddress']} ({got['host']}) runs " + ", ".join(differ))
         got["node"] = node["NodeManagerAddress"]
     if problems:
-        raise VersionSkew("version skew: " + "; ".join(problems) + ". Install the driver's versions on that node, "
-                          "or submit with --submit, which ships autotaper and installs the pinned dependencies")
+        raise VersionSkew("version skew: " + "; ".join(problems) + ". Install the driver's versions on that node "
+                          "(ray[tune] for ray.tune), or submit with --submit, which ships autotaper and installs "
+                          "the pinned dependencies")
     return found
 
 
 # -- submission ----------------------------------------------------------------------------
 def pinned_requirements(storage: str | None = None) -> list[str]:
-    """autotaper's dependencies at the versions installed here, Ray left out (a node's Ray is
-    the cluster's); psycopg2-binary too when the storage is PostgreSQL."""
+    """autotaper's dependencies at the versions installed here, and those of Ray's `tune`
+    extra (a node started from a plain `ray` or `ray[default]` cannot import ray.tune), Ray
+    itself left out (a node's Ray is the cluster's); psycopg2-binary too when the storage is
+    PostgreSQL."""
     import re
     from importlib.metadata import PackageNotFoundError, requires, version
 
@@ -161,7 +176,11 @@ def pinned_requirements(storage: str | None = None) -> list[str]:
     except PackageNotFoundError:  # running from a source tree that was never installed
         wanted = ["numpy", "torch", "optuna", "scikit-learn", "pyyaml", "safetensors", "tokenizers", "tqdm",
                   "matplotlib"]
-    names = [re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in wanted]
+    try:
+        wanted += [r for r in (requires("ray") or []) if re.search(r"""extra\s*==\s*["']tune["']""", r)]
+    except PackageNotFoundError:
+        pass
+    names = list(dict.fromkeys(re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in wanted))
     if storage and storage.startswith(("postgresql", "postgres:")):
         names.append("psycopg2-binary")
     pins = []

@@ -148,7 +148,8 @@ def _study_search_class():
             try:
                 # the last result may reach on_trial_complete without on_trial_result first
                 self._record(ot, result)
-                ot.set_user_attr("early_stopped", not result.get("final", False))
+                # a crashed trial was not stopped by the scheduler: no "stopped early" mark
+                ot.set_user_attr("early_stopped", not error and not result.get("final", False))
                 if error:
                     ot.set_user_attr("status", "failed")
                     ot.set_user_attr("reason", _error_reason(self._paths.get(trial_id)))
@@ -265,7 +266,7 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
     os.chdir(root)
     ours = connect(address)
     if address or len([n for n in ray.nodes() if n.get("Alive")]) > 1:
-        check_versions()  # before any trial: a node with other versions is named in one line
+        check_versions(modules=("ray.tune",))  # before any trial: a node with other versions is named in one line
     # Tune asks Optuna for trials outside Study.optimize, so RDB storages warn that their
     # heartbeat is unused; Tune watches its own workers, and a trial without heartbeats is
     # never failed as stale, so the warning says nothing the user can act on.
