@@ -163,10 +163,12 @@ def load(url, name="cluster"):
     return optuna.load_study(study_name=name, storage=open_storage(url))
 
 
-# One CPU a node: Tune places the job's first two trials one on each node at once, so the node
-# without autotaper trains one however long its first worker takes to start.
-JOB_PROXY = {"steps": 60}
-JOB_SEARCH = {"n_trials": 4}
+# Trials long enough (about 10 s here) that the node without autotaper, whose first trial
+# worker starts from nothing (unzip the package, import torch and Ray Tune), takes trials too:
+# Tune reuses actors, and hands a trial still waiting for that worker to a head worker that
+# frees up first, so with short trials the head can train them all.
+JOB_PROXY = {"steps": 150}
+JOB_SEARCH = {"n_trials": 6}
 
 
 def _on_both_nodes(cluster, url, name="cluster", n_min=2):
