@@ -12,8 +12,8 @@ driver itself as a Ray job (`submit_search`). Its runtime env holds
 - `py_modules`: the package, as above;
 - `working_dir`: a staging folder with the space file and the local data files it names;
 - `pip`: the package's dependencies and those of Ray's `tune` extra, pinned to the versions
-  this machine runs (Ray excepted: a node's Ray is the cluster's). pip leaves a requirement a node already meets and installs
-  one it lacks; `--no-install` leaves the nodes' environments alone;
+  this machine runs (Ray excepted: a node's Ray is the cluster's). pip leaves a requirement
+  a node already meets and installs one it lacks; `--no-install` leaves the nodes alone;
 - `env_vars`: the storage URL (`AUTOTAPER_STORAGE`) and `PGPASSWORD` when set, so that the
   entrypoint, which `ray job list` shows, never holds a password. Ray keeps a job's runtime
   env in its job table: a password that must stay off the cluster's records belongs in the
