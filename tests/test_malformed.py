@@ -82,6 +82,7 @@ SPACES = [
     ({"proxy": {"data": "/nowhere/at/all"}}, "proxy.data"), ({"search": {"sampler": "annealing"}}, "search.sampler"),
     ({"search": {"pruner": "sometimes"}}, "search.pruner"), ({"search": {"n_trials": 0}}, "search.n_trials"),
     ({"search": {"budget": "10 fortnights"}}, "search.budget"),
+    ({"search": {"reuse_actors": "sometimes"}}, "search.reuse_actors: must be true or false"),
     ({"taper": {"ffn": {"curve": "zigzag"}}}, "zigzag"),
     ({"taper": {"ffn": {"curve": "linear", "strength": {"low": 0.8, "high": 0.2}}}}, "ffn.strength: inverted range"),
     ({"taper": {"depth": {"curve": "linear"}}}, "depth"),

@@ -163,12 +163,13 @@ def load(url, name="cluster"):
     return optuna.load_study(study_name=name, storage=open_storage(url))
 
 
-# Trials long enough (about 10 s here) that the node without autotaper, whose first trial
-# worker starts from nothing (unzip the package, import torch and Ray Tune), takes trials too:
-# Tune reuses actors, and hands a trial still waiting for that worker to a head worker that
-# frees up first, so with short trials the head can train them all.
-JOB_PROXY = {"steps": 150}
-JOB_SEARCH = {"n_trials": 6}
+# A fresh worker per trial (search.reuse_actors false): with reuse on, Tune hands a trial whose
+# worker is still starting on the node without autotaper (unzip the package, import torch and
+# Ray Tune) to a head worker that freed up first, so whether that node trains anything rested on
+# trials outlasting its start-up (CI once ran all 6 on the head). Without reuse, one CPU a node
+# and two trials at once, the second trial's worker can only be placed on that node.
+JOB_PROXY = {"steps": 60}
+JOB_SEARCH = {"n_trials": 6, "reuse_actors": False}
 
 
 def _on_both_nodes(cluster, url, name="cluster", n_min=2):

@@ -325,7 +325,7 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
                     trainable,
                     tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space), num_samples=remaining,
                                                 max_concurrent_trials=max_concurrent, time_budget_s=left,
-                                                reuse_actors=True,  # a worker imports torch once, not once per trial
+                                                reuse_actors=space.settings.reuse_actors,
                                                 **({} if multi else {"metric": METRIC, "mode": "min"})),
                     run_config=tune.RunConfig(name=name, storage_path=str(root),
                                               failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),

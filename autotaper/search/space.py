@@ -203,6 +203,10 @@ class Settings:
     cpus_per_trial: float = 1.0  # Ray backend: resources per trial (fractions of a GPU share it)
     gpus_per_trial: float | str = 0.0  # "auto": 1 / proxies that fit a cluster GPU (search.workers)
     max_concurrent: int | None = None
+    # Ray backend: a trial worker trains the next trial too (imports torch once). Tune then hands
+    # a trial whose worker is still starting on another node to a worker that freed up, so with
+    # trials shorter than a node's worker start-up, every trial can run on the first node.
+    reuse_actors: bool = True
     confirm: Confirm = Confirm()
     budget_s: float | None = None  # wall-clock plan for the whole search (calibration, trials, confirmation)
     suggest_from_probe: bool = False  # confirm the probe's suggestion too (`autotaper.probe.suggest`)
@@ -226,6 +230,8 @@ class Settings:
                                                    and not isinstance(self.gpus_per_trial, bool)
                                                    and self.gpus_per_trial >= 0)):
             out.append(f"search.gpus_per_trial: must be >= 0 or auto, got {self.gpus_per_trial!r}")
+        if not isinstance(self.reuse_actors, bool):
+            out.append(f"search.reuse_actors: must be true or false, got {self.reuse_actors!r}")
         if self.max_concurrent is not None and (not isinstance(self.max_concurrent, int) or self.max_concurrent < 1):
             out.append(f"search.max_concurrent: must be a positive integer, got {self.max_concurrent!r}")
         out += self.confirm.problems()
