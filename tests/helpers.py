@@ -1,6 +1,8 @@
 """Small deterministic corpora for tests (written here, so no test depends on the stdlib's
 exact contents or on the network)."""
 
+import contextlib
+import os
 from pathlib import Path
 
 from autotaper.search import FunctionSpace
@@ -104,3 +106,18 @@ def assert_t_interval(ci95, deltas) -> None:
     d = np.asarray(deltas, dtype=float)
     lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
     assert list(ci95) == pytest.approx([lo, hi], rel=1e-9, abs=1e-12), (ci95, deltas)
+
+
+@contextlib.contextmanager
+def ray_unmeasured():
+    """Ray started inside this block runs its own processes (dashboard, agents, log monitor and
+    the workers its raylet spawns) without coverage's tracer: they never run autotaper's code,
+    and traced they take CPU from every test beside them (the suite ran ~4 minutes longer
+    under --cov). Yields the environment variables that measure a process again, for a runtime
+    env's `env_vars`: workers that train trials are worth measuring; {} when not under --cov."""
+    measure = {k: os.environ.pop(k) for k in ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+               if k in os.environ}
+    try:
+        yield measure
+    finally:
+        os.environ.update(measure)

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from autotaper.search import leaderboard, parse_space, run_search
-from tests.helpers import assert_raced, assert_t_interval, micro_space, write_corpus
+from tests.helpers import assert_raced, assert_t_interval, micro_space, ray_unmeasured, write_corpus
 
 BACKENDS = ["optuna", "ray"]
 
@@ -24,7 +24,9 @@ def ray_instance():
     ray = pytest.importorskip("ray")
     # workers import spaces defined in tests.helpers, as a user's workers import theirs
     root = str(Path(__file__).resolve().parents[1])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": root}})
+    with ray_unmeasured() as measure:  # the trial and baseline workers are measured, Ray's own processes not
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": root, **measure}})
     yield
     ray.shutdown()
 

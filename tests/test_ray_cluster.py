@@ -20,7 +20,7 @@ import yaml
 
 from autotaper.search import leaderboard
 from autotaper.search.storage import open_storage
-from tests.helpers import write_corpus
+from tests.helpers import ray_unmeasured, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 def _node_environ() -> dict:
     # nothing of this checkout may leak in through the environment
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "COV_CORE_SOURCE")}
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "COVERAGE_PROCESS_CONFIG")}
 
 
 def bare_python(folder: Path, wheels=(), without=()) -> Path:
@@ -126,8 +126,11 @@ def cluster(tmp_path_factory):
     # (52365) the head's agent loses the port to any other Ray instance on this machine (the
     # Ray tests running beside these), keeps running without its HTTP server, and jobs are
     # refused ("No available agent to submit job").
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_agent_listen_port": 0})
+    # The head's processes and workers run without coverage (the drivers the tests start are
+    # measured; the trial code its workers run is measured in test_backends.py).
+    with ray_unmeasured():
+        c = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_agent_listen_port": 0})
     c.dashboard = f"http://{c.head_node.webui_url}"
     deadline = time.time() + 120  # the job agent comes up a few seconds after the head
     while True:
