@@ -17,7 +17,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # CLI, search and Ray processes it starts) instead of four threads fighting over two.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from hypothesis import HealthCheck, settings
+import signal  # noqa: E402
+
+# A runner started in the background by a non-interactive shell (`cmd &`, nohup) ignores
+# SIGINT, and so does every process it starts: Python then never installs its KeyboardInterrupt
+# handler, and a test that interrupts a CLI with Ctrl-C waits on a child that cannot hear it.
+# Tests start their processes from Python's own default instead.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # CI replays the same examples every run (derandomize), so a run's verdict depends on the
 # code alone; `HYPOTHESIS_PROFILE=thorough` explores fresh random examples, many more of them.

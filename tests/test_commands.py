@@ -70,11 +70,16 @@ def test_ctrl_c_ends_a_train_with_130_and_one_line(corpus, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "autotaper", "train", "--preset", "tiny", "--steps", "100000",
                              "--batch-size", "4", "--data", corpus, "--precision", "fp32", "--quiet", "--log-every", "1",
                              "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (tmp_path / "run" / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)  # the event: training has logged a step
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "run" / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)  # the event: training has logged a step
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never left training for the rest of the suite
+            proc.kill()
+            proc.wait(timeout=60)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "autotaper: interrupted", err
     assert "Traceback" not in err
 
