@@ -255,7 +255,7 @@ def _submit(args, space) -> int:
             forwarded += [flag, str(value)]
     forwarded += [flag for dest, flag in _FORWARDED_FLAGS if getattr(args, dest)]
     job = submit_search(args.submit, args.space, forwarded, storage=args.storage, data=space.proxy.data,
-                        install=not args.no_install)
+                        install=not args.no_install, say=lambda line: print(line, file=sys.stderr))
     print(f"submitted job {job} to {args.submit}", file=sys.stderr)
     if not args.follow:
         print(f"follow it: ray job logs --follow {job} --address {args.submit}", file=sys.stderr)

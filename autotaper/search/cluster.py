@@ -258,6 +258,11 @@ def submit_search(address: str, space_path: str | Path, args: list[str], *, stor
     if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
         raise ValueError(f"--storage {storage!r}: a submitted job needs an absolute path on the head node "
                          "(sqlite:////...): a job's own folder is removed when it ends")
+    from autotaper.search.storage import strip_password
+
+    if strip_password(storage) != storage or os.environ.get("PGPASSWORD"):
+        say("note: the storage password travels in the job's runtime env, which Ray keeps in its job table "
+            "(anyone who reaches the dashboard can read it); a password in the nodes' ~/.pgpass stays off it")
     folder, data_arg = stage(space_path, data)
     entry = ["python", "-m", "autotaper", "search", "--backend", "ray", "--address", "auto",
              "--space", "space.yaml", *(["--data", data_arg] if data_arg else []), *args]

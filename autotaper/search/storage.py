@@ -93,33 +93,32 @@ def open_storage(url: str):
 
 def mask_url(url: str) -> str:
     """`url` with its password replaced by ***, for anything printed or stored."""
-    if "://" not in url or "@" not in url:
-        return url
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: mask by hand
-        scheme, _, rest = url.partition("://")
-        creds, _, host = rest.rpartition("@")
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}"
+    return _hide_password(url, mask=True)
 
 
 def strip_password(url: str) -> str:
     """`url` without its password (libpq then reads PGPASSWORD or ~/.pgpass): a command that
     can be printed and still run."""
+    return _hide_password(url, mask=False)
+
+
+def _hide_password(url: str, *, mask: bool) -> str:
+    """`url` with its password masked (***) or left out; a URL without one comes back as is."""
     if "://" not in url or "@" not in url:
         return url
     try:
         from sqlalchemy.engine import make_url
 
         parsed = make_url(url)
-        return url if parsed.password is None else parsed._replace(password=None).render_as_string(hide_password=False)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: strip by hand
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: by hand
         scheme, _, rest = url.partition("://")
         creds, _, host = rest.rpartition("@")
-        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+        return f"{scheme}://{creds.split(':', 1)[0]}{':***' if mask and ':' in creds else ''}@{host}"
+    if parsed.password is None:
+        return url
+    if mask:
+        return parsed.render_as_string(hide_password=True)
+    return parsed._replace(password=None).render_as_string(hide_password=False)
 
 
 def _connection_lost(error: BaseException | None) -> bool:
