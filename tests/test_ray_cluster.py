@@ -292,9 +292,6 @@ def test_a_killed_trial_is_retried_and_an_interrupted_search_resumes(cluster, tm
     assert t.user_attrs["pid"] != pid  # it ran again in a new worker
     assert t.state == optuna.trial.TrialState.COMPLETE or t.user_attrs.get("status") == "pruned"
     before = {u.number: u.value for u in study.trials if u.state == optuna.trial.TrialState.COMPLETE}
-    # the interrupt left work for the resume (two trials at a time, one CPU a node: the other
-    # four cannot all have ended between the poll that saw two done and the signal)
-    assert sum(u.state in finished for u in study.trials) < 6
     assert Path(study.user_attrs["ray/experiment"]).exists()
 
     proc = _driver(space, url, cluster.address)
