@@ -69,14 +69,6 @@ def raising_candidate(trial):
     return Candidate(taper=f"ffn:linear:{1 + strength}:{1 - strength}", train={"lr": None} if strength == 0.3 else {})
 
 
-def linear_candidate(trial):
-    """A linear FFN taper of the grid's `strength` and nothing else."""
-    from autotaper.search import Candidate
-
-    strength = trial.suggest_categorical("strength", [0.2, 0.4])
-    return Candidate(taper=f"ffn:linear:{1 + strength}:{1 - strength}")
-
-
 class Grid(FunctionSpace):
     """A function space under the grid sampler over the `strength` values given (at module
     level: Tune pickles spaces)."""
