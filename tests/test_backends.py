@@ -187,4 +187,3 @@ def test_ray_trials_train_on_the_drivers_tokens_not_their_own_disk(ray_instance,
     tried = [t for t in study.trials if "strength" in t.params]
     assert len(tried) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in tried), \
         [(t.state, t.user_attrs.get("reason")) for t in tried]
-
