@@ -113,8 +113,9 @@ def ray_unmeasured():
     """Ray started inside this block runs its own processes (dashboard, agents, log monitor and
     the workers its raylet spawns) without coverage's tracer: they never run autotaper's code,
     and traced they take CPU from every test beside them (the suite's pytest time under --cov
-    went from 14:50 to 13:11 without them). Yields the environment variables that measure a process again, for a runtime
-    env's `env_vars`: workers that train trials are worth measuring; {} when not under --cov."""
+    went from 14:50 to 13:11 without them). Yields the environment variables that measure a
+    process again, for a runtime env's `env_vars`: workers that train trials are worth
+    measuring; {} when not under --cov."""
     measure = {k: os.environ.pop(k) for k in ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
                if k in os.environ}
     try:
