@@ -215,8 +215,20 @@ def solve_report(baseline: ModelSpec, taper: Taper | str, *, constraint: str = "
         raise ValueError(f"constraint must be one of {', '.join(CONSTRAINTS)}, got {constraint!r}")
     if not (tolerance >= 0 and math.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
-    taper = Taper.coerce(taper)
+    whole = Taper.coerce(taper)
     base = baseline.uniform()
+    sol = _solve_widths(base, whole.widths_only(), constraint, tolerance)
+    lr = whole.get("lr")
+    if lr.is_uniform:
+        return sol
+    # The lr dimension costs nothing: its ratios multiply each layer's LR as they are.
+    ratios = lr.ratios(base.n_layers)
+    spec = dataclasses.replace(sol.spec, taper=str(whole), layer_lr=tuple(float(r) for r in ratios))
+    return dataclasses.replace(sol, spec=spec, nominal={**sol.nominal, "lr": tuple(float(r) for r in ratios)},
+                               realised={**sol.realised, "lr": tuple(float(r) for r in ratios)})
+
+
+def _solve_widths(base: ModelSpec, taper: Taper, constraint: str, tolerance: float) -> Solution:
     base_cost = count(base)
     if taper.is_uniform:
         return Solution(base, base, base_cost, base_cost)

@@ -7,6 +7,7 @@ input of any kind ends with one line on stderr and exit status 2, never a traceb
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -25,7 +26,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _add_model_args(p: argparse.ArgumentParser, *, taper_required: bool = True, preset_required: bool = True) -> None:
+def _add_model_args(p: argparse.ArgumentParser, *, taper_required: bool = True, preset_required: bool = True,
+                    several_params: bool = False) -> None:
     p.add_argument("--preset", required=preset_required, help="model preset (see `autotaper presets`)")
     p.add_argument("--family", help="override the preset's family: gpt, llama, gated, or a registered one")
     p.add_argument("--taper", default="uniform" if not taper_required else None,
@@ -34,13 +36,46 @@ def _add_model_args(p: argparse.ArgumentParser, *, taper_required: bool = True, 
                    help="which budget the tapered model must match (default: params)")
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="largest relative budget error when an exact match is impossible (default 1e-3)")
+    _add_param_args(p, several=several_params)
 
 
-def _baseline(args):
+def _add_param_args(p: argparse.ArgumentParser, *, several: bool) -> None:
+    p.add_argument("--param",
+                   help=("parametrizations to compare, e.g. sp,mup (sp, mup, completep; default sp)" if several else
+                         "parametrization: sp (one global LR), mup (init, LR, eps and weight decay per matrix "
+                         "from its fan-in) or completep (mup plus depth rules); default sp"))
+    p.add_argument("--depth-alpha", type=float, default=1.0,
+                   help="completep: residual branches x (depth / base depth)^-alpha, alpha in [0.5, 1] (default 1)")
+    p.add_argument("--base-d-model", type=_positive(int),
+                   help="mup/completep: the width the LR was tuned at (default: the model's own)")
+    p.add_argument("--base-n-layers", type=_positive(int),
+                   help="completep: the depth the LR was tuned at (default: the model's own)")
+
+
+def _param_fields(args, name: str | None = None) -> dict:
+    """The ModelSpec fields of --param (or `name`), --depth-alpha and the base shape, checked."""
+    from autotaper.parametrization import parse_names, problems
+
+    name = name or getattr(args, "param", "sp")
+    if name is None:
+        name = "sp"
+    if "," in name:
+        raise UsageError(f"--param: one parametrization here, got {name!r} (compare takes several)")
+    found = problems(parse_names(name)[0], args.depth_alpha)
+    if found:
+        raise UsageError(found[0])
+    out = {"parametrization": name, "depth_alpha": args.depth_alpha}
+    for key in ("base_d_model", "base_n_layers"):
+        if getattr(args, key, None) is not None:
+            out[key] = getattr(args, key)
+    return out
+
+
+def _baseline(args, param: str | None = None):
     from autotaper.spec import ModelSpec
 
     overrides = {"family": args.family} if args.family else {}
-    return ModelSpec.from_name(args.preset, **overrides)
+    return ModelSpec.from_name(args.preset, **overrides, **_param_fields(args, param))
 
 
 # -- plan -------------------------------------------------------------------------------
@@ -161,8 +196,9 @@ def cmd_train(args) -> int:
     if args.spec:
         from autotaper.spec import ModelSpec
 
-        if args.preset or args.family or args.taper != "uniform":
-            raise UsageError("autotaper train: --spec gives the whole model; leave out --preset, --family and --taper")
+        if args.preset or args.family or args.taper != "uniform" or args.param is not None:
+            raise UsageError("autotaper train: --spec gives the whole model, its parametrization included; leave "
+                             "out --preset, --family, --taper and --param")
         spec = ModelSpec.load(args.spec)
         data = _load_data(args)
         name = Path(args.spec).stem
@@ -210,25 +246,24 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from autotaper.budget import solve
-    from autotaper.paired import PairedEvaluator, describe
-    from autotaper.stats import mde
+    from autotaper.parametrization import parse_names
+    from autotaper.paired import compare_parametrizations
 
-    data, base = _data_and_baseline(args)
-    spec = solve(base, args.taper, constraint=args.constraint, tolerance=args.tolerance)
-    ev = PairedEvaluator(base, data, lambda seed, o: _train_config(args, seed), quiet=args.quiet, out_dir=args.out)
+    names = parse_names(args.param or "sp")
+    data = _load_data(args)
+    bases = {name: dataclasses.replace(_baseline(args, name), vocab_size=data.vocab_size) for name in names}
 
-    def show(name, r):
-        print(f"seed {r.seed}: uniform {r.baseline:.4f}  taper {r.value:.4f}  delta {r.delta:+.4f}", file=sys.stderr)
+    def show(name, label, r):
+        print(f"{name} seed {r.seed}: uniform {r.baseline:.4f}  taper {r.value:.4f}  delta {r.delta:+.4f}",
+              file=sys.stderr)
 
-    comp = ev.compare({args.taper: spec}, range(args.seeds), on_run=show)[args.taper]
-    stats = comp.stats
-    unit = "bpb" if ev.key == "val_bpb" else "loss"
-    floor = mde(stats.sd, stats.n)
-    floor_text = f"; minimum detectable effect at {stats.n} seeds {floor:.4f}" if floor is not None else ""
-    print(f"{spec.taper} vs uniform: {describe(stats, unit=unit)}{floor_text}", file=sys.stderr)
+    result = compare_parametrizations(bases, args.taper, data, lambda seed, o: _train_config(args, seed),
+                                      seeds=range(args.seeds), constraint=args.constraint, tolerance=args.tolerance,
+                                      quiet=args.quiet, out_dir=args.out, on_run=show)
+    for line in result.lines():
+        print(line, file=sys.stderr)
     if args.json:
-        print(json.dumps({"taper": spec.taper, **comp.to_dict(), "mde": floor}))
+        print(json.dumps(result.to_dict()))
     return 0
 
 
@@ -601,8 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster for --ray-workers (default: start one here)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("compare", help="a taper against uniform on paired seeds, with a 95%% interval")
-    _add_model_args(p)
+    p = sub.add_parser("compare", help="a taper against uniform on paired seeds, with a 95%% interval; "
+                       "under several parametrizations, the part of its effect that is per-layer LR")
+    _add_model_args(p, several_params=True)
     _add_train_args(p)
     p.add_argument("--seeds", type=int, default=3, help="paired seeds (default 3)")
     p.add_argument("--out", help="parent directory for the runs (default: none kept)")

@@ -10,6 +10,9 @@ Built-in curves follow ../shared/TAPERING.md (the Tapered Language Models schedu
     power:   r(x) = start - (start - end) * x ** p                   (p = 1 is linear)
     step:    early layers `start`, middle layers `mid`, late layers `end` (the paper's
              three-group experiment), group sizes from the `early` and `late` fractions
+    valley:  r(x) = end + (start - end) * cos(pi * x)^2: `start` at the first and last layers,
+             `end` in the middle (1.5, 0.5: the X-shape of Variable-Width Transformers,
+             arXiv 2606.18246, applied to the tapered dimension; 0.5, 1.5 a bulge)
     list:    explicit per-layer ratios
 
 Users add curves with `register_curve`, by subclassing `Curve` or from a plain function.
@@ -161,6 +164,18 @@ class Explicit(Curve):
         raise TypeError("the list curve takes its values from the taper, not from start/end")
 
 
+class Valley(ShapeCurve):
+    """Wide (or narrow) at both ends, the other way in the middle: not monotone."""
+
+    name = "valley"
+
+    def shape(self, x, **options):
+        return np.cos(np.pi * x) ** 2
+
+    def is_monotone(self, start, end, **options):
+        return start == end
+
+
 class FunctionCurve(ShapeCurve):
     """Adapter for `register_curve(name, fn)` with a plain shape function."""
 
@@ -179,7 +194,7 @@ class FunctionCurve(ShapeCurve):
 
 
 _CURVES: dict[str, Curve] = {c.name: c for c in (Uniform(), Linear(), Cosine(), Sigmoid(), Power(),
-                                                  Step(), Explicit())}
+                                                  Step(), Valley(), Explicit())}
 
 
 def register_curve(name: str, curve: Curve | Callable[..., np.ndarray], *,

@@ -167,3 +167,90 @@ def describe(stats: Paired, *, unit: str = "bpb") -> str:
             else "no difference beyond seed noise")
     return (f"delta {unit} {stats.mean:+.4f} (95% CI {stats.ci95[0]:+.4f} .. {stats.ci95[1]:+.4f}, "
             f"p {stats.p:.3g}, {stats.n} paired seeds): {call}")
+
+
+def _trains_as_sp(base: ModelSpec) -> bool:
+    """Whether the uniform `base` trains bit for bit as under sp (it is its own base shape), so
+    that one baseline per seed serves every parametrization."""
+    from autotaper.parametrization import depth_multiplier, width_multiplier
+
+    return base.parametrization == "sp" or (width_multiplier(base) == 1.0 and depth_multiplier(base) == 1.0)
+
+
+@dataclass
+class ParamComparison:
+    """One taper against uniform under several parametrizations on the same paired seeds, and
+    the per-seed differences of its effects between them: under sp minus under mup is the part
+    of the effect that comes from the taper's per-layer learning rate and init, not its capacity."""
+
+    taper: str
+    unit: str
+    by_param: dict[str, Comparison]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.by_param)
+
+    def difference(self, a: str, b: str) -> Paired:
+        """Paired statistics of (effect under a) - (effect under b) over the common seeds."""
+        da = {r.seed: r.delta for r in self.by_param[a].runs}
+        db = {r.seed: r.delta for r in self.by_param[b].runs}
+        return paired([da[s] - db[s] for s in da if s in db])
+
+    def pairs(self) -> list[tuple[str, str]]:
+        first = self.names[0]
+        return [(first, other) for other in self.names[1:]]
+
+    def lines(self) -> list[str]:
+        stats = {name: c.stats for name, c in self.by_param.items()}
+        n = next(iter(stats.values())).n
+        width = max(len(x) for x in self.names)
+        out = [f"{self.taper} vs uniform on {n} paired seeds ({self.unit}; negative = taper better):"]
+        for name, st in stats.items():
+            out.append(f"  under {name:<{width}}  {describe(st, unit=self.unit)}")
+        for a, b in self.pairs():
+            st = self.difference(a, b)
+            text = describe(st, unit=self.unit).replace("taper better", f"{a} credits the taper more") \
+                .replace("uniform better", f"{b} credits the taper more")
+            out.append(f"  {a} - {b}{'':<{max(0, 2 * width - len(a) - len(b))}}  {text}")
+            if {a, b} >= {"sp"} and b != "sp":
+                ci = st.ci95
+                share = "" if ci is None else f" [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+                out.append(f"  decomposition: capacity (the effect under {b}) {stats[b].mean:+.4f}; per-layer "
+                           f"learning rate and init ({a} - {b}) {st.mean:+.4f}{share} {self.unit}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        diffs = {f"{a}-{b}": self.difference(a, b).to_dict() for a, b in self.pairs()}
+        return {"taper": self.taper, "unit": self.unit,
+                "by_parametrization": {name: c.to_dict() for name, c in self.by_param.items()},
+                "differences": diffs}
+
+
+def compare_parametrizations(bases: Mapping[str, ModelSpec], taper: str, data,
+                             config: Callable[[int, Mapping[str, Any]], Any], *, seeds: Iterable[int],
+                             constraint: str = "params", tolerance: float = 1e-3, quiet: bool = True,
+                             out_dir: str | None = None,
+                             on_run: Callable[[str, str, SeedRun], None] | None = None) -> ParamComparison:
+    """`taper` solved against each parametrization's uniform `bases[name]` and trained with it on
+    the same `seeds` (seed-major: an interrupted call leaves whole seeds). Uniform is trained once
+    per seed for every parametrization under which it trains as sp does (at its own base shape)."""
+    from autotaper.budget import solve
+
+    shared: dict = {}
+    evaluators = {name: PairedEvaluator(base, data, config, store=shared if _trains_as_sp(base) else {},
+                                        quiet=quiet, out_dir=out_dir)
+                  for name, base in bases.items()}
+    specs = {name: solve(base, taper, constraint=constraint, tolerance=tolerance) for name, base in bases.items()}
+    out = {name: Comparison(name, spec) for name, spec in specs.items()}
+    for seed in seeds:
+        for name, ev in evaluators.items():
+            r = ev.run(specs[name], seed)
+            if r.status != "complete":
+                raise ValueError(f"{taper} under {name} on seed {seed} did not complete: {r.status} "
+                                 f"{r.reason or ''}".strip())
+            out[name].runs.append(r)
+            if on_run:
+                on_run(name, taper, r)
+    unit = "bpb" if metric_key(data) == "val_bpb" else "loss"
+    return ParamComparison(str(specs[next(iter(specs))].taper), unit, out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,14 @@ class ModelSpec:
     layer_heads: tuple[int, ...] | None = None
     layer_kv_heads: tuple[int, ...] | None = None
     layer_d_model: tuple[int, ...] | None = None
+    # How init and per-matrix optimizer settings follow width and depth (`autotaper.parametrization`):
+    # sp, mup or completep; the base shape is this spec's uniform model at base_d_model x
+    # base_n_layers (None: its own width and depth).
+    parametrization: str = "sp"
+    depth_alpha: float = 1.0  # completep: residual branches x (L / base_n_layers)^-alpha
+    base_d_model: int | None = None
+    base_n_layers: int | None = None
+    layer_lr: tuple[float, ...] | None = None  # per-layer LR multipliers (the `lr` taper); None: all 1
 
     def __post_init__(self) -> None:
         from autotaper.families import get_family
@@ -88,6 +97,26 @@ class ModelSpec:
         for i, (h, kv) in enumerate(zip(self.layer_heads, self.layer_kv_heads)):
             if h % kv:
                 raise ValueError(f"layer_heads[{i}] ({h}) must be a multiple of layer_kv_heads[{i}] ({kv})")
+        from autotaper.parametrization import problems
+
+        found = problems(self.parametrization, self.depth_alpha)
+        if found:
+            raise ValueError(found[0])
+        set_("depth_alpha", float(self.depth_alpha))
+        for name in ("base_d_model", "base_n_layers"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        lrs = self.layer_lr
+        if lrs is None:
+            lrs = (1.0,) * self.n_layers
+        if isinstance(lrs, (str, bytes)) or not hasattr(lrs, "__len__"):
+            raise ValueError(f"layer_lr must be a list of {self.n_layers} numbers, got {lrs!r}")
+        if len(lrs) != self.n_layers:
+            raise ValueError(f"layer_lr must have n_layers={self.n_layers} entries, got {len(lrs)}")
+        for i, v in enumerate(lrs):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ValueError(f"layer_lr[{i}] must be a number > 0, got {v!r}")
+        set_("layer_lr", tuple(float(v) for v in lrs))
 
     # -- derived -------------------------------------------------------------------------
     @property
@@ -103,11 +132,11 @@ class ModelSpec:
     def uniform(self) -> "ModelSpec":
         """The same shape with every per-layer list reset to the baseline."""
         return dataclasses.replace(self, taper="uniform", layer_ffn=None, layer_heads=None,
-                                   layer_kv_heads=None, layer_d_model=None)
+                                   layer_kv_heads=None, layer_d_model=None, layer_lr=None)
 
     def layers(self) -> list[dict[str, int]]:
-        return [{"ffn": f, "heads": h, "kv_heads": kv, "d_model": d} for f, h, kv, d in
-                zip(self.layer_ffn, self.layer_heads, self.layer_kv_heads, self.layer_d_model)]
+        return [{"ffn": f, "heads": h, "kv_heads": kv, "d_model": d, "lr": r} for f, h, kv, d, r in
+                zip(self.layer_ffn, self.layer_heads, self.layer_kv_heads, self.layer_d_model, self.layer_lr)]
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

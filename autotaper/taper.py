@@ -13,7 +13,10 @@ DIM is one of
     heads  the number of query heads at fixed head_dim; KV heads follow the GQA group size, so
            the rounding unit is one KV head (= n_heads / n_kv_heads query heads);
     embed  the residual width a layer reads and writes: layer l works on the first d_l channels
-           of a stream that is max_l d_l wide (see `autotaper.spec`).
+           of a stream that is max_l d_l wide (see `autotaper.spec`);
+    lr     no width at all: layer l's learning rate is multiplied by the curve's ratio (not
+           rescaled, no budget), on top of the parametrization's per-matrix rules. Beside a
+           width taper under `mup` it separates capacity from per-layer learning rate.
 START and END are ratios to the uniform baseline at the first and last layer; START > END
 shrinks with depth (the paper), START < END grows (OpenELM). The option `m` sets the rounding
 multiple (defaults: ffn 16, heads one GQA group, embed gcd(d_model, 64), or
@@ -30,7 +33,8 @@ import numpy as np
 
 from autotaper.curves import depth_grid, get_curve
 
-DIMS = ("ffn", "heads", "embed")
+DIMS = ("ffn", "heads", "embed", "lr")
+WIDTH_DIMS = ("ffn", "heads", "embed")  # the dimensions a budget is solved over; lr is free
 
 
 def format_number(value: float) -> str:
@@ -90,6 +94,8 @@ class DimTaper:
                                  f"allowed: {', '.join(sorted(allowed))}")
             if not math.isfinite(value):
                 raise ValueError(f"{where}.{key} must be finite, got {value}")
+        if "m" in opts and self.dim == "lr":
+            raise ValueError(f"{where}: the lr dimension has no rounding multiple (m=)")
         if "m" in opts and (opts["m"] < 1 or opts["m"] != int(opts["m"])):
             raise ValueError(f"{where}.m (rounding multiple) must be a positive integer, got "
                              f"{format_number(opts['m'])}")
@@ -197,6 +203,10 @@ class Taper:
     @property
     def is_uniform(self) -> bool:
         return not self.dims
+
+    def widths_only(self) -> "Taper":
+        """The taper without its `lr` dimension: what a budget is solved over."""
+        return Taper(tuple(d for d in self.dims if d.dim in WIDTH_DIMS))
 
     def __str__(self) -> str:
         return "+".join(str(d) for d in self.dims) if self.dims else "uniform"

@@ -23,7 +23,7 @@ def build_model(spec: "ModelSpec", *, seed: int | None = 0) -> "torch.nn.Module"
     if seed is not None:
         from autotaper.models.init import init_weights
 
-        init_weights(model, seed=seed, n_layers=spec.n_layers)
+        init_weights(model, seed=seed, spec=spec)
     return model
 
 

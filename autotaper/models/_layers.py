@@ -6,8 +6,11 @@ import torch
 import torch.nn.functional as F
 
 
-def add_to_stream(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x (B, T, D) + y (B, T, d) on the first d channels; d == D is the ordinary residual."""
+def add_to_stream(x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """x (B, T, D) + scale * y (B, T, d) on the first d channels; d == D is the ordinary residual.
+    `scale` is the parametrization's residual-branch multiplier (1 but under completep)."""
+    if scale != 1.0:
+        y = y * scale
     d, D = y.shape[-1], x.shape[-1]
     return x + y if d == D else x + F.pad(y, (0, D - d))
 

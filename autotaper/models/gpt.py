@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autotaper.models._layers import add_to_stream, causal_attention
+from autotaper.parametrization import logit_scale, residual_scale
 from autotaper.spec import ModelSpec
 
 
@@ -41,6 +42,7 @@ class Block(nn.Module):
     def __init__(self, spec: ModelSpec, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
+        self.residual_scale = residual_scale(spec)  # 1 but under completep
         self.d = d = spec.layer_d_model[layer_idx]
         self.ln_1 = nn.LayerNorm(d, eps=spec.norm_eps)
         self.attn = Attention(d, spec.layer_heads[layer_idx], spec.layer_kv_heads[layer_idx], spec.head_dim)
@@ -48,14 +50,15 @@ class Block(nn.Module):
         self.mlp = MLP(d, spec.layer_ffn[layer_idx])
 
     def forward(self, x):
-        x = add_to_stream(x, self.attn(self.ln_1(x[..., : self.d])))
-        return add_to_stream(x, self.mlp(self.ln_2(x[..., : self.d])))
+        x = add_to_stream(x, self.attn(self.ln_1(x[..., : self.d])), self.residual_scale)
+        return add_to_stream(x, self.mlp(self.ln_2(x[..., : self.d])), self.residual_scale)
 
 
 class GPT(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
+        self.logit_scale = logit_scale(spec)  # muP's output multiplier (1 under sp)
         D = spec.d_stream
         self.wte = nn.Embedding(spec.vocab_size, D)
         self.wpe = nn.Embedding(spec.context_length, D)
@@ -73,4 +76,5 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(pos)  # (B, T, D)
         for block in self.h:
             x = block(x)
-        return self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        return logits * self.logit_scale if self.logit_scale != 1.0 else logits

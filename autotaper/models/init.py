@@ -6,17 +6,24 @@ the draw does not depend on construction order. Small-model taper comparisons ar
 seed noise; a shared init stream that shifted with every width would swamp them.
 
 Scheme (GPT-2 / nanoGPT): linear weights and embeddings N(0, 0.02); projections that write
-into the residual stream N(0, 0.02 / sqrt(2 * n_layers)); biases 0; norm weights 1.
+into the residual stream N(0, 0.02 / sqrt(2 * n_layers)); biases 0; norm weights 1. A
+width-aware parametrization multiplies each hidden matrix's std by its own factor
+(`autotaper.parametrization.rules`); at the base shape every factor is 1 and the draw is
+bit for bit the standard one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-RESIDUAL_OUT = ("o_proj", "down_proj", "attn.c_proj", "mlp.c_proj")
+from autotaper.parametrization import is_residual_out, residual_init_depth, rules
+
+if TYPE_CHECKING:  # pragma: no cover
+    from autotaper.spec import ModelSpec
 
 
 def param_seed(seed: int, name: str) -> int:
@@ -24,14 +31,21 @@ def param_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def init_std(name: str, spec: "ModelSpec", multiplier: float = 1.0, *, std: float = 0.02) -> float:
+    """The init std of weight matrix `name`: the standard one times the parametrization's factor."""
+    s = std / math.sqrt(2 * residual_init_depth(spec)) if is_residual_out(name) else std
+    return s * multiplier if multiplier != 1.0 else s
+
+
 @torch.no_grad()
-def init_weights(model: torch.nn.Module, *, seed: int, n_layers: int, std: float = 0.02) -> None:
+def init_weights(model: torch.nn.Module, *, seed: int, spec: "ModelSpec", std: float = 0.02) -> None:
+    factors = rules(model, spec)
     for name, p in model.named_parameters():
         if name.endswith("bias"):
             p.zero_()
         elif p.ndim == 1:  # norm weights
             p.fill_(1.0)
         else:
-            s = std / math.sqrt(2 * n_layers) if any(k in name for k in RESIDUAL_OUT) else std
+            s = init_std(name, spec, factors[name].init_std, std=std)
             g = torch.Generator(device="cpu").manual_seed(param_seed(seed, name))
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32) * s)

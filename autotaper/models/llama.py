@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autotaper.models._layers import add_to_stream, causal_attention
+from autotaper.parametrization import logit_scale, residual_scale
 from autotaper.spec import ModelSpec
 
 
@@ -76,6 +77,7 @@ class Block(nn.Module):
     def __init__(self, spec: ModelSpec, layer_idx: int, gated: bool):
         super().__init__()
         self.layer_idx = layer_idx
+        self.residual_scale = residual_scale(spec)  # 1 but under completep
         self.d = d = spec.layer_d_model[layer_idx]
         self.input_norm = RMSNorm(d, spec.norm_eps)
         self.attn = Attention(d, spec.layer_heads[layer_idx], spec.layer_kv_heads[layer_idx],
@@ -84,8 +86,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(d, spec.layer_ffn[layer_idx])
 
     def forward(self, x, cos, sin):
-        x = add_to_stream(x, self.attn(self.input_norm(x[..., : self.d]), cos, sin))
-        return add_to_stream(x, self.mlp(self.mlp_norm(x[..., : self.d])))
+        x = add_to_stream(x, self.attn(self.input_norm(x[..., : self.d]), cos, sin), self.residual_scale)
+        return add_to_stream(x, self.mlp(self.mlp_norm(x[..., : self.d])), self.residual_scale)
 
 
 class Llama(nn.Module):
@@ -94,6 +96,7 @@ class Llama(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
+        self.logit_scale = logit_scale(spec)  # muP's output multiplier (1 under sp)
         D = spec.d_stream
         self.embed = nn.Embedding(spec.vocab_size, D)
         self.layers = nn.ModuleList(Block(spec, i, self.gated) for i in range(spec.n_layers))
@@ -113,7 +116,8 @@ class Llama(nn.Module):
         x = self.embed(idx)  # (B, T, D)
         for block in self.layers:
             x = block(x, cos, sin)
-        return self.lm_head(self.norm(x))  # (B, T, vocab)
+        logits = self.lm_head(self.norm(x))  # (B, T, vocab)
+        return logits * self.logit_scale if self.logit_scale != 1.0 else logits
 
 
 class GatedLlama(Llama):

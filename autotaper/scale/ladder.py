@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autotaper.parametrization import describe as describe_param
 from autotaper.scale.fidelity import UNIFORM, fidelity
 from autotaper.scale.rungs import LadderConfig, Rung, check_scales, parse_ladder, resolve
 from autotaper.scale.trend import best_per_rung, features, fit_trend, held_out
@@ -37,6 +38,15 @@ from autotaper.search.space import PAPER_DEFAULT, YamlSpace, parse_space, read_s
 from autotaper.search.storage import mask_url
 
 REVERSE_DEFAULT = "ffn:cosine:0.5:1.5"  # the paper's taper growing with depth instead
+HEADS_GROWING = "heads:linear:0.5:1.5"  # attention heads growing with depth (arXiv 2606.27449)
+
+
+def rival_shapes(dims: list[str]) -> list[str]:
+    """The probe set's fixed members beside uniform: the paper's cosine and its reverse, a valley
+    in the space's first tapered dimension (wide first and last layers, narrow middle) and heads
+    growing with depth, so a ladder says how the paper's shape fares against its rivals."""
+    dim = dims[0] if dims and dims[0] != "lr" else "ffn"
+    return [PAPER_DEFAULT, REVERSE_DEFAULT, f"{dim}:valley:1.5:0.5", HEADS_GROWING]
 TARGET_BATCH_TOKENS = 2 ** 19  # the paper's 0.5M-token batches, for the printed training command
 
 
@@ -115,7 +125,7 @@ def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: 
         studies[r.name] = (study, url)
 
     # 3. the shared probe set on fresh seeds at every rung
-    probe = [PAPER_DEFAULT, REVERSE_DEFAULT]
+    probe = rival_shapes([d.dim for d in space.dims])
     for r in rungs:
         for t in pick(studies[r.name][0], config.top_k):
             if t.user_attrs["taper"] not in probe and t.user_attrs["taper"] != UNIFORM:
@@ -261,6 +271,9 @@ def _hand_off(space: YamlSpace, config: LadderConfig, rungs: list[Rung], trend: 
         segments.append(f"{d.dim}:{curve}:{format_number(start)}:{format_number(end)}")
     taper = "+".join(segments) or "uniform"
     constraint = space.proxy.constraint
+    # the target trains under the ladder's parametrization, against the same base shape as its rungs
+    p0 = rungs[0].proxy
+    target = dataclasses.replace(target, **p0.spec_fields())
     try:
         sol = solve_report(target, taper, constraint=constraint, tolerance=0.0)
     except ValueError:
@@ -285,19 +298,37 @@ def _hand_off(space: YamlSpace, config: LadderConfig, rungs: list[Rung], trend: 
     steps = max(1, math.ceil(tokens / (batch * target.context_length)))
     widest = max(r.d_model for r in rungs)
     base_lr = next(r.proxy.lr for r in rungs if r.d_model == widest)
-    lr = base_lr * (widest / target.d_model) if config.rules.lr_rule == "width" else space.proxy.lr
+    transfer = p0.base_d_model is not None and p0.parametrization != "sp" and config.rules.lr_rule == "parametrization"
+    width_rule = config.rules.lr_rule == "width" or (config.rules.lr_rule == "parametrization" and not transfer)
+    lr = base_lr * (widest / target.d_model) if width_rule else space.proxy.lr
     args = f"--data TOKENS --steps {steps} --batch-size {batch} --lr {lr:.3g}"
+    param_args = _param_args(target)
+    lr_rule = (f"{describe_param(target)}: the anchor's LR transfers" if transfer
+               else f"the ladder's width rule from rung width {widest}" if width_rule else "the space's LR")
     return {"taper": sol.spec.taper, "spec_path": str(path), "params": sol.cost.params,
             "baseline_params": sol.baseline_cost.params, "params_delta": sol.params_delta,
             "flops_delta": sol.flops_delta, "constraint": constraint, "predicted_effect": [e_mean, e_lo, e_hi],
             "call": call, "notes": notes,
             "command": f"autotaper train --spec {path} {args}",
-            "uniform_command": f"autotaper train --preset {target_name} {args}"
+            "parametrization": target.parametrization,
+            "uniform_command": f"autotaper train --preset {target_name} {args}{param_args}"
             if target_name in _presets() else f"autotaper train --spec UNIFORM_SPEC {args}",
             "training": {"tokens": int(tokens), "tokens_per_param": config.target_tokens_per_param, "steps": steps,
-                         "batch_size": batch, "lr": lr,
-                         "lr_rule": f"the ladder's width rule from rung width {widest}" if config.rules.lr_rule == "width"
-                         else "the space's LR"}}
+                         "batch_size": batch, "lr": lr, "lr_rule": lr_rule}}
+
+
+def _param_args(spec) -> str:
+    """The `autotaper train` flags that give a preset `spec`'s parametrization (empty for sp)."""
+    if spec.parametrization == "sp":
+        return ""
+    out = f" --param {spec.parametrization}"
+    if spec.parametrization == "completep":
+        out += f" --depth-alpha {spec.depth_alpha:g}"
+    if spec.base_d_model is not None:
+        out += f" --base-d-model {spec.base_d_model}"
+    if spec.base_n_layers is not None:
+        out += f" --base-n-layers {spec.base_n_layers}"
+    return out
 
 
 def _presets():
@@ -327,8 +358,8 @@ def to_text(report: dict) -> str:
         lines.append(f"{r['name']:<12}{r['params']:>12,}{r['n_layers']:>7}{r['d_model']:>6}"
                      f"{r['tokens_per_param']:>10.3g}{r['steps']:>6}{r['lr']:>9.3g}{len(r['seeds']):>6}{mde:>8}  "
                      f"{r['winner'] or 'none beats uniform'}")
-    lines += ["", "confirmed verdicts (probe set on fresh seeds, Holm-corrected):"]
-    lines += [f"  {r['name']}: {r['verdict']}" for r in report["rungs"]]
+    lines += ["", "confirmed verdicts (probe set on fresh seeds, Holm-corrected), each under its rung's parametrization:"]
+    lines += [f"  {r['name']} [{r.get('parametrization', 'sp')}]: {r['verdict']}" for r in report["rungs"]]
     lines += ["", f"probe set on fresh paired seeds: delta {unit} vs uniform, 95% CI"]
     width = max(len(p) for p in report["probe_set"]) + 2
     lines.append(f"{'taper':<{width}}" + "".join(f"{r['name']:>26}" for r in report["rungs"]))

@@ -9,14 +9,16 @@ recipe, except for two things set per rung by stated rules:
   space's own proxy (its steps on its preset), so the first rung of a ladder made from the
   quickstart trains like the quickstart. A clamped rung says so, with the tokens per
   parameter it really got.
-- **peak learning rate**, rule `width` (default): lr = proxy.lr * (base_width / d_model) **
-  exponent, exponent 1: Adam's update size per weight is set by the LR, and muP's hidden
-  weights need it to fall as 1/width for the per-layer change of activations to stay
-  width-independent (Yang et al. 2022, Tensor Programs V, table 3). One global LR
-  approximates that (embeddings and norms would keep theirs under full muP). Depth is not
-  rescaled: CompleteP's depth rule needs residual-branch multipliers this model lacks.
-  base_width defaults to the space's proxy width, so that rung keeps the space's LR.
-  Rule `fixed`: every rung trains at proxy.lr.
+- **peak learning rate**, rule `parametrization` (default): the proxy's parametrization
+  decides. Under `mup` and `completep` every rung's spec takes its multipliers against the
+  anchor (the space's proxy: width `base_width`, its depth), so the LR tuned there transfers
+  and every rung trains at proxy.lr (`autotaper.parametrization`; `benchmarks/lr_transfer.py`
+  measures how well). Under `sp` there are no multipliers, and one global LR approximates
+  muP's hidden-weight rule: lr = proxy.lr * (base_width / d_model) ** exponent (Yang et al.
+  2022, Tensor Programs V, Table 3); depth is not corrected, and deep narrow rungs train at
+  the wrong LR. Rule `width` forces that approximation under any parametrization, rule
+  `fixed` trains every rung at proxy.lr with no base shape. base_width defaults to the
+  space's proxy width, so that rung keeps the space's LR.
 
 The depth-preserving proxy of the target is a rung with `n_layers: target` (and usually
 `tokens_per_param: target`): the target's depth at a narrow width, since a taper is defined
@@ -33,6 +35,7 @@ from typing import Any
 from autotaper.search.space import SHAPE_KEYS, Proxy
 
 TARGET = "target"  # n_layers / tokens_per_param: take the target's value
+LR_RULES = ("parametrization", "width", "fixed")
 RUNG_KEYS = {"name", "preset", "tokens_per_param", "steps", "lr", "batch_size", *SHAPE_KEYS}
 LADDER_KEYS = {"rungs", "tokens_per_param", "steps", "lr", "target", "target_tokens_per_param", "probe", "budget",
                "n_trials"}
@@ -61,7 +64,7 @@ class Rules:
     tokens_per_param: float | None = None  # None: anchored on the space's proxy
     min_steps: int = 50
     max_steps: int | None = None  # None: 4 x the space's proxy steps
-    lr_rule: str = "width"
+    lr_rule: str = "parametrization"  # the proxy's: sp -> the width rule, mup/completep -> one LR that transfers
     base_width: int | None = None  # None: the space's proxy width
     lr_exponent: float = 1.0
 
@@ -101,7 +104,9 @@ class Rung:
                 "non_embedding": self.non_embedding, "n_layers": self.n_layers, "d_model": self.d_model,
                 "steps": p.steps, "batch_size": p.batch_size, "lr": p.lr, "tokens": self.tokens,
                 "tokens_per_param": self.tokens_per_param, "wanted_tokens_per_param": self.wanted_tokens_per_param,
-                "clamped": self.clamped, "depth_proxy": self.depth_proxy, "lr_rule": self.lr_note}
+                "clamped": self.clamped, "depth_proxy": self.depth_proxy, "lr_rule": self.lr_note,
+                "parametrization": p.parametrization, "depth_alpha": p.depth_alpha,
+                "base_d_model": p.base_d_model, "base_n_layers": p.base_n_layers}
 
 
 def _number(where: str, value: Any, problems: list[str], *, integer: bool = False, allow_target: bool = False,
@@ -168,12 +173,12 @@ def parse_ladder(raw: Any, *, where: str = "ladder") -> LadderConfig:
     if not isinstance(lr, dict) or set(lr) - {"rule", "base_width", "exponent"}:
         problems.append(f"{where}.lr: must be a mapping {{rule, base_width, exponent}}, got {lr!r}")
         lr = {}
-    if lr.get("rule", "width") not in ("width", "fixed"):
-        problems.append(f"{where}.lr.rule: must be width or fixed, got {lr.get('rule')!r}")
+    if lr.get("rule", "parametrization") not in LR_RULES:
+        problems.append(f"{where}.lr.rule: must be one of {', '.join(LR_RULES)}, got {lr.get('rule')!r}")
     rules = Rules(tokens_per_param=_number(f"{where}.tokens_per_param", raw.get("tokens_per_param"), problems),
                   min_steps=_number(f"{where}.steps.min", steps.get("min", 50), problems, integer=True) or 50,
                   max_steps=_number(f"{where}.steps.max", steps.get("max"), problems, integer=True),
-                  lr_rule=lr.get("rule", "width"),
+                  lr_rule=lr.get("rule", "parametrization"),
                   base_width=_number(f"{where}.lr.base_width", lr.get("base_width"), problems, integer=True),
                   lr_exponent=_number(f"{where}.lr.exponent", lr.get("exponent", 1.0), problems, positive=False)
                   if lr.get("exponent", 1.0) is not None else 1.0)
@@ -228,11 +233,16 @@ def resolve(config: LadderConfig, proxy: Proxy, target, *, vocab_size: int) -> l
     from autotaper.cost import count
     from autotaper.spec import ModelSpec
 
-    def spec_of(preset, shape):
-        overrides = {"vocab_size": vocab_size, **({"family": proxy.family} if proxy.family else {})}
+    def spec_of(preset, shape, base=None):
+        overrides = {"vocab_size": vocab_size, **({"family": proxy.family} if proxy.family else {}),
+                     **proxy.spec_fields(), **(base or {})}
         return ModelSpec.from_name(preset, **shape, **overrides)
 
     anchor = spec_of(proxy.preset, proxy.shape or {})
+    # Under mup and completep every rung's multipliers are taken against the anchor (the
+    # space's proxy, whose LR was tuned): the LR transfers, so every rung trains at proxy.lr.
+    transfer = rules.lr_rule == "parametrization" and proxy.parametrization != "sp"
+    base = {"base_d_model": rules.base_width or anchor.d_model, "base_n_layers": anchor.n_layers} if transfer else {}
     rules = config.rules
     tpp_rule = rules.tokens_per_param
     if tpp_rule is None:
@@ -245,7 +255,7 @@ def resolve(config: LadderConfig, proxy: Proxy, target, *, vocab_size: int) -> l
         shape.update({k: (target.n_layers if v == TARGET else v) for k, v in r.shape.items()})
         preset = r.preset or proxy.preset
         try:
-            spec = spec_of(preset, shape)
+            spec = spec_of(preset, shape, base)
         except ValueError as e:
             raise ValueError(f"ladder rung {r.name}: {e}") from None
         c = count(spec)
@@ -265,10 +275,15 @@ def resolve(config: LadderConfig, proxy: Proxy, target, *, vocab_size: int) -> l
             lr, note = r.lr, "given"
         elif rules.lr_rule == "fixed":
             lr, note = proxy.lr, "fixed"
+        elif transfer:
+            lr = proxy.lr
+            note = (f"{proxy.parametrization}: {proxy.lr:g} against base {base['base_d_model']} wide, "
+                    f"{base['base_n_layers']} deep")
         else:
             lr = proxy.lr * (base_width / spec.d_model) ** rules.lr_exponent
             note = f"{proxy.lr:g} x ({base_width}/{spec.d_model})^{rules.lr_exponent:g}"
         rung_proxy = dataclasses.replace(proxy, preset=preset, shape=shape or None, steps=steps, batch_size=batch,
+                                         **base,
                                          lr=float(f"{lr:.4g}"),
                                          eval_every=steps if proxy.eval_every == proxy.steps else proxy.eval_every)
         problems = rung_proxy.problems()

@@ -94,7 +94,7 @@ def train_config(space: BaseSpace, seed: int, overrides: dict[str, Any] | None =
 
 
 def baseline_spec(space: BaseSpace, data) -> ModelSpec:
-    overrides = {"vocab_size": data.vocab_size}
+    overrides = {"vocab_size": data.vocab_size, **space.proxy.spec_fields()}
     if space.proxy.family:
         overrides["family"] = space.proxy.family
     return ModelSpec.from_name(space.proxy.preset, **(space.proxy.shape or {}), **overrides)

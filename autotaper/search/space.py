@@ -108,6 +108,11 @@ class Proxy:
     schedule: str = "cosine"
     compile: bool = False  # torch.compile per block (`autotaper.train.compile`): for large proxies on a GPU
     strict_data: bool = False  # refuse a data folder holding non-text files instead of skipping them
+    # sp, mup or completep (`autotaper.parametrization`): part of the study's identity
+    parametrization: str = "sp"
+    depth_alpha: float = 1.0  # completep's residual exponent, in [0.5, 1]
+    base_d_model: int | None = None  # the width and depth the LR was tuned at (a ladder sets them)
+    base_n_layers: int | None = None
 
     def problems(self) -> list[str]:
         from autotaper.families import family_names
@@ -121,6 +126,13 @@ class Proxy:
         if self.family is not None and not _one_of(self.family, family_names()):
             out.append(f"proxy.family: unknown family {self.family!r} (known: {', '.join(family_names())})")
         out += self.shape_problems()
+        from autotaper.parametrization import problems as param_problems
+
+        out += param_problems(self.parametrization, self.depth_alpha, where="proxy.")
+        for name in ("base_d_model", "base_n_layers"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                out.append(f"proxy.{name}: must be a positive integer, got {v!r}")
         for name in ("compile", "strict_data"):
             if not isinstance(getattr(self, name), bool):
                 out.append(f"proxy.{name}: must be true or false, got {getattr(self, name)!r}")
@@ -171,6 +183,12 @@ class Proxy:
             except ValueError as e:
                 return [f"proxy.shape: {e}"]
         return []
+
+    def spec_fields(self) -> dict[str, Any]:
+        """The ModelSpec fields this proxy sets beside its preset and shape: the parametrization."""
+        out = {"parametrization": self.parametrization, "depth_alpha": self.depth_alpha}
+        out.update({k: getattr(self, k) for k in ("base_d_model", "base_n_layers") if getattr(self, k) is not None})
+        return out
 
     def eval_interval(self) -> int:
         return self.eval_every or max(1, self.steps // 4)
@@ -530,6 +548,8 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
         if not isinstance(knobs_raw, dict):
             problems.append(f"taper.{dim}: must be a mapping of knobs, got {knobs_raw!r}")
             continue
+        if dim == "lr" and "multiple" in knobs_raw:
+            problems.append("taper.lr.multiple: the lr dimension has no rounding multiple")
         for key in sorted(set(knobs_raw) - DIM_KEYS):
             problems.append(f"taper.{dim}.{key}: unknown knob (known: {', '.join(sorted(DIM_KEYS))})")
         knobs: dict[str, Knob] = {}

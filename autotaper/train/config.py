@@ -24,6 +24,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
+    eps: float = 1e-8  # Adam epsilon (a width-aware parametrization scales it per matrix)
     grad_clip: float = 1.0
     seed: int = 0
     eval_every: int | None = None  # None: four evaluations spread over the run
@@ -63,6 +64,9 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not (isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool)
+                and math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"eps must be a number > 0, got {self.eps!r}")
         if self.diverge_loss is not None and not self.diverge_loss > 0:
             raise ValueError(f"diverge_loss must be > 0, got {self.diverge_loss!r}")
 

@@ -154,13 +154,27 @@ def _distributed() -> tuple[int, int, int]:
     return 1, 0, 0
 
 
-def _optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+def _optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device,
+               spec: ModelSpec | None = None) -> torch.optim.AdamW:
+    """AdamW with one group per distinct (LR, epsilon, weight decay) multiplier of the spec's
+    parametrization and per-layer LR (`autotaper.parametrization.rules`); each group's
+    `lr_scale` multiplies the schedule's LR at every step. Matrices decay, vectors do not."""
+    from autotaper.parametrization import rules
+
+    spec = spec if spec is not None else getattr(model, "spec", None)
+    found = rules(model, spec) if spec is not None else {}
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        r = found.get(name)
+        lr_scale, eps_scale, wd_scale = (r.lr, r.eps, r.weight_decay) if r else (1.0, 1.0, 1.0)
+        wd = config.weight_decay * wd_scale if p.ndim >= 2 else 0.0
+        key = (lr_scale, eps_scale, wd)
+        group = groups.setdefault(key, {"params": [], "lr_scale": lr_scale, "eps": config.eps * eps_scale,
+                                        "weight_decay": wd, "lr": config.lr * lr_scale})
+        group["params"].append(p)
     extra = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), **extra)
+    return torch.optim.AdamW(list(groups.values()), lr=config.lr, betas=(config.beta1, config.beta2),
+                             eps=config.eps, **extra)
 
 
 def _callbacks(callbacks: Iterable[Callback | Callable]) -> list[Callback]:
@@ -208,7 +222,7 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
     micro = rows // config.grad_accum
 
     model = build_model(spec, seed=config.seed).to(device)
-    optimizer = _optimizer(model, config, device)
+    optimizer = _optimizer(model, config, device, spec)
     start, fingerprint, history, resumed_from, train_time = 0, hashlib.sha256(b"autotaper").hexdigest(), [], None, 0.0
     identity = {"spec": spec.to_dict(), "config": config.to_dict(), "corpus": data.manifest.get("content_sha256")}
     ckpt = latest_checkpoint(run_dir) if run_dir else None
@@ -295,7 +309,7 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
         fingerprint = hashlib.sha256(bytes.fromhex(fingerprint) + batch.tobytes()).hexdigest()
         lr = config.lr_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         loss_sum = torch.zeros((), device=device)
         for i in range(config.grad_accum):
             chunk = local[i * micro: (i + 1) * micro]
