@@ -93,7 +93,7 @@ def cmd_plan(args) -> int:
         print(f"spec written to {args.out}: train it with `autotaper train --spec {args.out}`", file=sys.stderr)
     if args.json:
         out = {"preset": args.preset, "family": sol.spec.family, "taper": sol.spec.taper,
-               "constraint": args.constraint, "baseline": _side(sol.baseline, sol.baseline_cost),
+               "parametrization": sol.spec.parametrization, "constraint": args.constraint, "baseline": _side(sol.baseline, sol.baseline_cost),
                "tapered": _side(sol.spec, sol.cost),
                "delta": {"params": sol.params_delta, "flops_per_token": sol.flops_delta},
                "multiples": sol.multiples, "default_multiples": sol.default_multiples,
@@ -108,13 +108,18 @@ def cmd_plan(args) -> int:
 def format_plan(sol) -> str:
     spec, base = sol.spec, sol.baseline
     widest = max(spec.layer_ffn)
-    lines = [f"{spec.family} {base.n_layers} layers, d_model {base.d_model}, taper {spec.taper}", "",
+    from autotaper.parametrization import describe
+
+    lr = any(r != 1.0 for r in spec.layer_lr)
+    lines = [f"{spec.family} {base.n_layers} layers, d_model {base.d_model}, taper {spec.taper}, "
+             f"parametrization {describe(spec)}", "",
              f"{'layer':>5} {'ffn':>7} {'ratio':>6} {'heads':>5} {'kv':>3} {'d_model':>7} "
-             f"{'params':>13}  ffn width"]
+             + (f"{'lr x':>6} " if lr else "") + f"{'params':>13}  ffn width"]
     for i, (layer, p) in enumerate(zip(spec.layers(), sol.cost.layer_params)):
         bar = "#" * max(1, round(30 * layer["ffn"] / widest))
         lines.append(f"{i:>5} {layer['ffn']:>7} {layer['ffn'] / base.ffn_width:>6.3f} {layer['heads']:>5} "
-                     f"{layer['kv_heads']:>3} {layer['d_model']:>7} {p:>13,}  {bar}")
+                     f"{layer['kv_heads']:>3} {layer['d_model']:>7} " + (f"{layer['lr']:>6.3f} " if lr else "")
+                     + f"{p:>13,}  {bar}")
     for dim in sol.realised:
         nom = ", ".join(f"{r:.3f}" for r in sol.nominal[dim])
         real = ", ".join(f"{r:.3f}" for r in sol.realised[dim])

@@ -9,6 +9,10 @@
     tokenizer.json, tokenizer_config.json
                          the run's tokenizer (byte-level BPE, or raw bytes as a byte-level
                          vocabulary of 256 with no merges); none for pre-tokenised data
+A width-aware run (`mup`, `completep`) exports with its multipliers folded into the weights: the
+residual-branch multiplier into every projection that writes the stream (weight and bias), the
+output multiplier into the head (a tied head is untied for it), so the exported model is a
+plain one with the same logits.
 A uniform llama spec becomes a plain `LlamaForCausalLM` and a uniform GPT-2 spec (no grouped
 heads, heads x head_dim = d_model) a plain `GPT2LMHeadModel`, loadable without remote code.
 The folder is written under a temporary name, loaded back with `transformers` and its logits
@@ -65,6 +69,28 @@ def plain_architecture(spec: ModelSpec) -> str | None:
             and spec.layer_heads[0] * spec.head_dim == spec.d_stream:
         return "GPT2LMHeadModel"
     return None
+
+
+def fold_multipliers(spec: ModelSpec, state: dict) -> tuple[ModelSpec, dict]:
+    """The spec and state dict of a model without forward multipliers that computes the same
+    logits: residual projections x the residual scale, the head x the logit scale (untied)."""
+    import dataclasses
+
+    from autotaper.parametrization import is_residual_out, logit_scale, residual_scale
+
+    r, s = residual_scale(spec), logit_scale(spec)
+    state = dict(state)
+    if r != 1.0:
+        for name in state:
+            if is_residual_out(name):
+                state[name] = state[name] * r
+    if s != 1.0:
+        state["lm_head.weight"] = state["lm_head.weight"] * s
+        if spec.tie_embeddings:  # the head and the embedding now differ
+            spec = dataclasses.replace(spec, tie_embeddings=False)
+    plain = dataclasses.replace(spec, parametrization="sp", depth_alpha=1.0, base_d_model=None, base_n_layers=None,
+                                layer_lr=None)
+    return plain, state
 
 
 def _config(spec: ModelSpec, arch: str | None):
@@ -173,8 +199,9 @@ def export_hf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, 
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"export: OUT {str(out)!r} is not empty; pass --overwrite to replace it")
     spec, model, step = load_run(run_dir, command="export")
-    arch = plain_architecture(spec)
-    config = _config(spec, arch)
+    plain, state = fold_multipliers(spec, model.state_dict())
+    arch = plain_architecture(plain)
+    config = _config(plain, arch)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -183,8 +210,9 @@ def export_hf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, 
             here = Path(__file__).parent / "hf"
             for name in REMOTE_FILES:
                 shutil.copyfile(here / name, tmp / name)
-        save_file(hf_state_dict(spec, model.state_dict(), arch), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt", "autotaper_taper": spec.taper, "autotaper_step": str(step)})
+        save_file(hf_state_dict(plain, state, arch), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", "autotaper_taper": spec.taper, "autotaper_step": str(step),
+                            "autotaper_parametrization": spec.parametrization})
         tok, tok_name = _tokenizer(Path(run_dir))
         if tok is not None:
             tok.save(str(tmp / "tokenizer.json"))

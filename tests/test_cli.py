@@ -17,7 +17,7 @@ def test_plan_json_has_baseline_and_tapered(capsys):
     base, tap = out["baseline"], out["tapered"]
     assert base["params"] == tap["params"] == 439_927_808
     assert base["flops_per_token"] == tap["flops_per_token"]
-    assert len(tap["layers"]) == 24 and set(tap["layers"][0]) == {"ffn", "heads", "kv_heads", "d_model"}
+    assert len(tap["layers"]) == 24 and set(tap["layers"][0]) == {"ffn", "heads", "kv_heads", "d_model", "lr"}
     assert tap["layers"][0]["ffn"] == 5568 and tap["layers"][-1]["ffn"] == 1856
     assert out["delta"] == {"params": 0, "flops_per_token": 0.0}
 

@@ -160,7 +160,7 @@ def test_ladder_section_errors_name_the_field_and_value():
     assert "ladder.rungs[1].d_model: must be a positive integer" in msg and "'wide'" in msg
     assert "name 'a' used twice" in msg
     assert "ladder.probe.seeds" in msg and "got 1" in msg
-    assert "ladder.lr.rule: must be width or fixed, got 'magic'" in msg
+    assert "ladder.lr.rule: must be one of parametrization, width, fixed, got 'magic'" in msg
 
 
 # -- end to end ------------------------------------------------------------------------
@@ -191,7 +191,9 @@ def test_ladder_on_two_tiny_shapes_writes_the_report_and_a_spec_at_the_exact_bud
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert [x["name"] for x in report["rungs"]] == ["t4", "t6"]
     probe = report["probe_set"]
-    assert probe[:3] == ["uniform", "ffn:cosine:1.5:0.5", "ffn:cosine:0.5:1.5"]
+    # the paper's cosine, its reverse, a valley and heads growing with depth: the rivals
+    assert probe[:5] == ["uniform", "ffn:cosine:1.5:0.5", "ffn:cosine:0.5:1.5", "ffn:valley:1.5:0.5",
+                         "heads:linear:0.5:1.5"]
     for rung in report["rungs"]:
         assert rung["seeds"] == [1000, 1001] and rung["mde"] > 0
         assert "fresh seeds" in rung["verdict"]
