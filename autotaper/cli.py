@@ -278,7 +278,7 @@ _FORWARDED = (("study", "--study"), ("n_trials", "--n-trials"), ("timeout", "--t
               ("cpus_per_trial", "--cpus-per-trial"), ("gpus_per_trial", "--gpus-per-trial"),
               ("max_concurrent", "--max-concurrent"), ("tune_storage", "--tune-storage"), ("budget", "--budget"),
               ("sampler_seed", "--sampler-seed"), ("preset", "--preset"), ("family", "--family"),
-              ("steps", "--steps"), ("seeds", "--seeds"))
+              ("steps", "--steps"), ("seeds", "--seeds"), ("param", "--param"), ("depth_alpha", "--depth-alpha"))
 _FORWARDED_FLAGS = (("no_confirm", "--no-confirm"), ("strict_data", "--strict-data"), ("json", "--json"),
                     ("quiet", "--quiet"))
 
@@ -367,16 +367,29 @@ def _add_data_override(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict-data", action="store_true", help="refuse data folders holding files that are not text")
 
 
+def _add_param_override(p: argparse.ArgumentParser) -> None:
+    from autotaper.parametrization import PARAMETRIZATIONS
+
+    p.add_argument("--param", choices=PARAMETRIZATIONS,
+                   help="override the proxy's parametrization (a study holds one: the default study name gets "
+                        "-PARAM appended)")
+    p.add_argument("--depth-alpha", type=float, help="completep's depth exponent, in [0.5, 1] (default 1)")
+
+
 def _load_space(args):
     from autotaper.search import load_space
 
     seeds = getattr(args, "seeds", None)
+    param = getattr(args, "param", None)
     overrides = {"preset": getattr(args, "preset", None), "family": getattr(args, "family", None),
                  "steps": getattr(args, "steps", None), "data": getattr(args, "data", None),
-                 "strict_data": getattr(args, "strict_data", None) or None}
+                 "strict_data": getattr(args, "strict_data", None) or None,
+                 "parametrization": param, "depth_alpha": getattr(args, "depth_alpha", None)}
     if seeds is not None:
         overrides["seeds"] = {"min": seeds[0], "max": seeds[1]}
     space = load_space(args.space, overrides=overrides)
+    if param is not None and param != "sp":  # its own study by default: a study holds one parametrization
+        space.name = f"{space.name}-{param}"
     if getattr(args, "sampler_seed", None) is not None:
         import dataclasses
 
@@ -439,7 +452,10 @@ def cmd_ladder(args) -> int:
     from autotaper.scale.ladder import load_ladder, run_ladder, to_text, with_rules
 
     scales = args.scales.split(",") if args.scales else None
-    space, config = load_ladder(args.space, scales=scales)
+    space, config = load_ladder(args.space, scales=scales,
+                                overrides={"parametrization": args.param, "depth_alpha": args.depth_alpha})
+    if args.param is not None and args.param != "sp" and not args.prefix:
+        space.name = f"{space.name}-{args.param}"  # its own rung studies: a study holds one parametrization
     config = with_rules(config, budget_s=args.budget, seeds=args.seeds, top_k=args.top_k, n_trials=args.n_trials)
     target = args.target or config.target
     if not target:
@@ -665,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive(int), help="override the proxy's training steps")
     p.add_argument("--seeds", type=_seeds, help="override the proxy's paired seeds: N, or MIN:MAX to race")
     _add_data_override(p)
+    _add_param_override(p)
     p.add_argument("--budget", type=_duration, help="plan trials to finish in this wall time: 600, 600s, 10m, 1.5h "
                    "(default: the space's search.budget)")
     p.add_argument("--no-confirm", action="store_true", help="skip the confirmation on fresh seeds")
@@ -697,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive(int), help="override the proxy's training steps")
     p.add_argument("--seeds", type=_seeds, help="override the proxy's paired seeds: N or MIN:MAX")
     _add_data_override(p)
+    _add_param_override(p)
     p.add_argument("--lr", type=_floats, nargs="?", const=(),
                    help="also sweep uniform's learning rate: these values (e.g. 1e-3,2e-3,4e-3), or with no "
                    "value 0.5x, 1x and 2x the proxy's")
@@ -732,6 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_nonnegative(int), help="each rung's best tapers added to the probe set "
                    "(default ladder.probe.top_k)")
     p.add_argument("--out", help="directory for ladder.json and the target spec (default runs/ladder/PREFIX)")
+    _add_param_override(p)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_ladder)

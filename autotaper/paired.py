@@ -23,13 +23,21 @@ from autotaper.spec import ModelSpec
 from autotaper.stats import Paired, paired
 
 BASELINE_KEY = "baseline/seed{seed}"
+RECIPE_DEFAULTS = {"parametrization": "sp", "depth_alpha": 1.0, "base_d_model": None, "base_n_layers": None,
+                   "layer_lr": None}
 RUN_KEY = "run/{key}/seed{seed}"
 
 
 def spec_key(spec: ModelSpec, train: Mapping[str, Any] | None = None) -> str:
     """What makes two runs the same: the per-layer shapes and the training overrides (the
     taper text is left out: many knob settings round to the same widths)."""
-    blob = json.dumps([spec.to_dict() | {"taper": ""}, dict(train or {})], sort_keys=True)
+    fields = spec.to_dict() | {"taper": ""}
+    # the recipe fields at their defaults leave the key as it was before they existed, so a
+    # study's stored sp runs keep their keys
+    for name, default in RECIPE_DEFAULTS.items():
+        if fields[name] == default or (name == "layer_lr" and all(v == 1.0 for v in fields[name])):
+            del fields[name]
+    blob = json.dumps([fields, dict(train or {})], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

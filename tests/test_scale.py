@@ -1,5 +1,6 @@
 """The ladder: rung rules, proxy fidelity, the trend and its prediction, the hand-off."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -152,6 +153,33 @@ def test_rung_rules_set_steps_and_lr_as_documented():
     assert deep.tokens_per_param == pytest.approx(600 * 8 * 32 / deep.params)
 
 
+def test_under_completep_every_rung_keeps_the_lr_and_takes_the_anchor_as_its_base():
+    proxy = Proxy(preset="tiny", steps=100, batch_size=8, lr=2e-3, parametrization="completep", depth_alpha=0.5)
+    config = LadderConfig(rungs=(RungDef("a"), RungDef("w", shape={"d_model": 64, "ffn_width": 128}),
+                                 RungDef("deep", shape={"n_layers": 8})),
+                          rules=Rules(tokens_per_param=1.0, min_steps=10, max_steps=600))
+    rungs = resolve(config, proxy, ModelSpec.from_name("440m"), vocab_size=256)
+    for r in rungs:
+        assert r.proxy.lr == 2e-3 and "completep" in r.lr_note  # the LR transfers: no 1/width
+        assert (r.proxy.base_d_model, r.proxy.base_n_layers) == (32, 4)
+        assert r.to_dict()["parametrization"] == "completep"
+    from autotaper.models import build_model
+    from autotaper.search.objective import baseline_spec
+
+    class _Data:
+        vocab_size = 256
+
+    space = type("S", (), {"proxy": rungs[2].proxy})()
+    deep = build_model(baseline_spec(space, _Data()), seed=0)
+    assert deep.layers[0].residual_scale == pytest.approx(2 ** -0.5)  # 8 layers against the anchor's 4
+    wide = build_model(baseline_spec(type("S", (), {"proxy": rungs[1].proxy})(), _Data()), seed=0)
+    assert wide.logit_scale == pytest.approx(0.5)  # 64 wide against the anchor's 32
+    # rule fixed keeps the old meaning: no base shape
+    fixed = resolve(dataclasses.replace(config, rules=Rules(tokens_per_param=1.0, min_steps=10, lr_rule="fixed")),
+                    proxy, ModelSpec.from_name("440m"), vocab_size=256)
+    assert all(r.proxy.base_d_model is None for r in fixed)
+
+
 def test_ladder_section_errors_name_the_field_and_value():
     with pytest.raises(ValueError) as e:
         parse_ladder({"rungs": [{"name": "a"}, {"name": "a", "d_model": "wide"}], "probe": {"seeds": 1},
@@ -186,10 +214,14 @@ def _ladder(path, cwd, *extra):
 def test_ladder_on_two_tiny_shapes_writes_the_report_and_a_spec_at_the_exact_budget(ladder_space, tmp_path):
     from autotaper.cost import count
 
-    r = _ladder(ladder_space, tmp_path, "--json")
+    r = _ladder(ladder_space, tmp_path, "--json", "--param", "completep")
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert [x["name"] for x in report["rungs"]] == ["t4", "t6"]
+    for rung in report["rungs"]:  # the transferring rule: one LR against the anchor's shape, said per rung
+        assert rung["parametrization"] == "completep" and rung["lr"] == report["rungs"][0]["lr"]
+        assert rung["base_d_model"] == 32 and rung["base_n_layers"] == 4
+        assert rung["study"].startswith("lad-completep-")
     probe = report["probe_set"]
     # the paper's cosine, its reverse, a valley and heads growing with depth: the rivals
     assert probe[:5] == ["uniform", "ffn:cosine:1.5:0.5", "ffn:cosine:0.5:1.5", "ffn:valley:1.5:0.5",
@@ -213,6 +245,8 @@ def test_ladder_on_two_tiny_shapes_writes_the_report_and_a_spec_at_the_exact_bud
     assert spec.n_layers == 24 and spec.taper == rec["taper"]
     assert count(spec).params == count(ModelSpec.from_name("440m")).params == rec["params"]
     assert rec["command"].startswith(f"autotaper train --spec {rec['spec_path']}")
+    assert (spec.parametrization, spec.base_d_model, spec.base_n_layers) == ("completep", 32, 4)
+    assert "--param completep --depth-alpha 1 --base-d-model 32 --base-n-layers 4" in rec["uniform_command"]
     assert json.loads((tmp_path / "out" / "ladder.json").read_text())["recommendation"] == rec
     page = (tmp_path / "out" / "ladder.html").read_text()  # the ladder's HTML report, path on stderr
     assert f"report: {tmp_path / 'out' / 'ladder.html'}" in r.stderr
@@ -222,7 +256,7 @@ def test_ladder_on_two_tiny_shapes_writes_the_report_and_a_spec_at_the_exact_bud
     assert all(label in page for label in probe[1:]) and "<script" not in page
 
     # rerunning resumes every rung from its study: nothing retrained, the same verdicts
-    again = _ladder(ladder_space, tmp_path, "--json")
+    again = _ladder(ladder_space, tmp_path, "--json", "--param", "completep")
     assert again.returncode == 0, again.stderr[-2000:]
     report2 = json.loads(again.stdout.strip().splitlines()[-1])
     assert [r["deltas"] for r in report2["rungs"]] == [r["deltas"] for r in report["rungs"]]

@@ -269,19 +269,24 @@ def test_the_plan_fits_the_budget_from_the_measured_run_time(corpus):
 
     space = _space(corpus, proxy={"seeds": {"min": 2, "max": 5}},
                    search={"n_trials": 50, "confirm": {"top_k": 2, "seeds": 4}})
-    # 10 s per run, 600 s budget, 60 s spent: confirmation (2 + paper + uniform) x 4 = 16 runs =
-    # 160 s; 380 s left for trials of 2 + 3/3 = 3 seeds = 30 s each: 12 trials + 2 references
+    # 10 s per run, 600 s budget, 60 s spent: confirmation (2 + paper + uniform + the verdict's taper
+    # under the other parametrization) x 4 = 20 runs = 200 s; 340 s left for trials of 2 + 3/3 = 3
+    # seeds = 30 s each: 11 trials + 2 references
     plan = make_plan(space, run_s=10.0, n_trials=50, elapsed_s=60.0, budget_s=600.0)
-    assert (plan.n_trials, plan.confirm_top_k, plan.confirm_seeds, plan.confirm_runs) == (14, 2, 4, 16)
-    assert plan.estimate_s == pytest.approx(600.0, abs=30.0) and plan.trials_timeout_s == pytest.approx(380.0)
+    assert (plan.n_trials, plan.confirm_top_k, plan.confirm_seeds, plan.confirm_runs) == (13, 2, 4, 20)
+    assert plan.estimate_s == pytest.approx(600.0, abs=30.0) and plan.trials_timeout_s == pytest.approx(340.0)
+    assert "under the other parametrization" in plan.text()
+    undecomposed = _space(corpus, proxy={"seeds": {"min": 2, "max": 5}},
+                          search={"n_trials": 50, "confirm": {"top_k": 2, "seeds": 4, "decompose": False}})
+    assert make_plan(undecomposed, run_s=10.0, n_trials=50, elapsed_s=60.0, budget_s=600.0).confirm_runs == 16
     # a slower machine: the trials give first, then the confirmation shrinks to fit
     slow = make_plan(space, run_s=40.0, n_trials=50, elapsed_s=60.0, budget_s=600.0)
     assert slow.n_trials == 2 and slow.confirm_runs * 40.0 <= 540.0 and slow.confirm_seeds >= 2
     # resuming a study with 20 finished trials: the budget adds to them
-    assert make_plan(space, run_s=10.0, n_trials=50, elapsed_s=60.0, budget_s=600.0, done=20).n_trials == 32
+    assert make_plan(space, run_s=10.0, n_trials=50, elapsed_s=60.0, budget_s=600.0, done=20).n_trials == 31
     # no budget: the space's trials, and an honest estimate
     free = make_plan(space, run_s=10.0, n_trials=50, elapsed_s=0.0)
-    assert free.n_trials == 50 and free.estimate_s == pytest.approx((48 * 3 + 16) * 10.0)
+    assert free.n_trials == 50 and free.estimate_s == pytest.approx((48 * 3 + 20) * 10.0)
 
 
 def test_a_study_made_before_racing_still_opens(corpus):

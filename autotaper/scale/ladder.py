@@ -47,15 +47,18 @@ def rival_shapes(dims: list[str]) -> list[str]:
     growing with depth, so a ladder says how the paper's shape fares against its rivals."""
     dim = dims[0] if dims and dims[0] != "lr" else "ffn"
     return [PAPER_DEFAULT, REVERSE_DEFAULT, f"{dim}:valley:1.5:0.5", HEADS_GROWING]
+
+
 TARGET_BATCH_TOKENS = 2 ** 19  # the paper's 0.5M-token batches, for the printed training command
 
 
-def load_ladder(path: str | Path, *, scales: list[str] | None = None) -> tuple[YamlSpace, LadderConfig]:
+def load_ladder(path: str | Path, *, scales: list[str] | None = None,
+                overrides: dict[str, Any] | None = None) -> tuple[YamlSpace, LadderConfig]:
     """A space YAML and its ladder: the `ladder:` section, or `scales` (presets) with the
-    section's rules (or the defaults)."""
+    section's rules (or the defaults); `overrides` replace proxy keys (--param)."""
     path = Path(path)
     data = read_space_file(path)
-    space = parse_space(data, name=path.stem)
+    space = parse_space(data, name=path.stem, overrides=overrides)
     raw = data.get("ladder")
     if scales:
         return space, parse_ladder({**(raw or {}), "rungs": check_scales(scales)})

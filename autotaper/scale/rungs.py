@@ -239,11 +239,11 @@ def resolve(config: LadderConfig, proxy: Proxy, target, *, vocab_size: int) -> l
         return ModelSpec.from_name(preset, **shape, **overrides)
 
     anchor = spec_of(proxy.preset, proxy.shape or {})
+    rules = config.rules
     # Under mup and completep every rung's multipliers are taken against the anchor (the
     # space's proxy, whose LR was tuned): the LR transfers, so every rung trains at proxy.lr.
     transfer = rules.lr_rule == "parametrization" and proxy.parametrization != "sp"
     base = {"base_d_model": rules.base_width or anchor.d_model, "base_n_layers": anchor.n_layers} if transfer else {}
-    rules = config.rules
     tpp_rule = rules.tokens_per_param
     if tpp_rule is None:
         tpp_rule = proxy.steps * proxy.batch_size * anchor.context_length / count(anchor).params

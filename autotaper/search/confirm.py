@@ -63,10 +63,11 @@ def pick(study, top_k: int, *, exclude: set[str] = frozenset()) -> list:
 
 
 def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int = 3, quiet: bool = True,
-                  extra: Sequence[str] = ()) -> dict:
+                  extra: Sequence[str] = (), decompose: bool = False) -> dict:
     """Confirm a study's best tapers on fresh seeds; the result is stored in the study.
     `extra`: more tapers (text) to confirm beside them, e.g. a ladder's shared probe set;
-    each keeps its text as its name, and Holm's correction counts it."""
+    each keeps its text as its name, and Holm's correction counts it. `decompose`: also train
+    the verdict's taper under the other parametrization on the same seeds (`decomposition`)."""
     from autotaper.budget import solve, solve_report
     from autotaper.paired import spec_key
     from autotaper.search.objective import StudyStore, make_evaluator
@@ -111,10 +112,11 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
         say(f"  seed {r.seed}: {name.rsplit('#', 1)[0]} {r.delta:+.4f}{' (stored)' if r.cached else ''}")
 
     results = ev.compare({c["taper"] + f"#{i}": c["spec"] for i, c in enumerate(cands)}, fresh, on_run=show)
+    specs = {}
     for c, comp in zip(cands, results.values()):
         s = comp.stats
         c.update(deltas=comp.deltas, mean=s.mean, sd=s.sd, ci95=list(s.ci95) if s.ci95 else None, p=s.p)
-        del c["spec"]
+        specs[c["taper"]] = c.pop("spec")
     adjusted, rejected = stats.holm([c["p"] for c in cands])
     for c, p_adj, rej in zip(cands, adjusted, rejected):
         c.update(p_holm=p_adj, beats_uniform=bool(rej and c["mean"] < 0), worse_than_uniform=bool(rej and c["mean"] > 0))
@@ -123,10 +125,61 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
     out = {"seeds": fresh, "metric": ev.key, "candidates": cands, "pooled_sd": pooled,
            "mde": stats.mde(pooled, seeds, alpha=stats.ALPHA / len(cands)), "m": len(cands),
            "complete_trials": len(complete_trials(study)),  # to tell a later reader the study grew since
-           "skipped": skipped}
+           "skipped": skipped, "parametrization": ev.base.parametrization}
+    if decompose:
+        winners = [c for c in cands if c["beats_uniform"]]
+        chosen = min(winners or cands, key=lambda c: c["mean"])
+        out["decomposition"] = decompose_effect(ev, specs[chosen["taper"]], chosen, fresh, say)
     out.update(verdict(out))
     study.set_user_attr(CONFIRMATION_ATTR, out)
     return out
+
+
+def decompose_effect(ev, spec, cand: dict, seeds: list[int], say) -> dict:
+    """`spec` (confirmed as `cand` on `seeds`) trained under the other parametrization (sp under
+    a width-aware study, mup under sp) on the same seeds against the same uniform runs: its
+    effect under mup is what its capacity does, sp - mup per seed what its per-layer learning
+    rate and init do. Skipped (with the reason) when uniform itself trains differently under
+    the two, i.e. the proxy is not its own base shape (a ladder's rungs)."""
+    import copy
+    import dataclasses
+
+    from autotaper.paired import _trains_as_sp
+
+    mine = ev.base.parametrization
+    other = "mup" if mine == "sp" else "sp"
+    if not _trains_as_sp(ev.base):
+        return {"taper": cand["taper"], "skipped": f"uniform is not its own base shape under {mine}, so it "
+                                                   f"trains differently under {other}: no shared baseline"}
+    other_ev = copy.copy(ev)  # the same store, data, training config (and evaluator class)
+    other_ev.base = dataclasses.replace(ev.base, parametrization=other, depth_alpha=1.0)
+    other_spec = dataclasses.replace(spec, parametrization=other, depth_alpha=1.0)
+    say(f"decomposing {cand['taper']}: the same widths under {other} on the same seeds")
+    deltas = []
+    for seed in seeds:
+        r = other_ev.run(other_spec, seed)
+        if r.status != "complete":
+            return {"taper": cand["taper"], "skipped": f"under {other} on seed {seed}: {r.status} {r.reason or ''}"}
+        say(f"  seed {seed}: {cand['taper']} under {other} {r.delta:+.4f}{' (stored)' if r.cached else ''}")
+        deltas.append(r.delta)
+    by = {mine: cand["deltas"], other: deltas}
+    width_aware = by[other if mine == "sp" else mine]  # completep at its own depth is mup
+    lr_part = [a - b for a, b in zip(by["sp"], width_aware)]
+    cap, lr = stats.paired(width_aware), stats.paired(lr_part)
+    return {"taper": cand["taper"], "other": other, "deltas": {k: list(v) for k, v in by.items()},
+            "capacity": cap.to_dict(), "per_layer_lr": lr.to_dict()}
+
+
+def decomposition_text(dec: dict, unit: str) -> str:
+    if "skipped" in dec:
+        return f"decomposition of {dec['taper']} skipped: {dec['skipped']}"
+
+    def ci(st):
+        return f"[{st['ci95'][0]:+.4f}, {st['ci95'][1]:+.4f}]" if st.get("ci95") else "[n/a]"
+
+    cap, lr = dec["capacity"], dec["per_layer_lr"]
+    return (f"of {dec['taper']}'s effect, its capacity (under mup) is {cap['mean']:+.4f} {unit}, 95% CI {ci(cap)}, "
+            f"and its per-layer learning rate and init (sp - mup, same seeds) {lr['mean']:+.4f}, 95% CI {ci(lr)}")
 
 
 def _candidate(study, spec) -> dict:
@@ -172,6 +225,10 @@ def verdict(conf: dict) -> dict:
             text += f" (the search estimated {best['proxy_delta']:+.4f} on {best['proxy_seeds']} seed(s))"
     if losers:
         text += "; worse than uniform beyond noise: " + ", ".join(f"{c['taper']} ({c['mean']:+.4f})" for c in losers)
+    unit = "bpb" if conf.get("metric", "val_bpb") == "val_bpb" else "loss"
+    text = f"under {conf.get('parametrization', 'sp')}: {text.replace(' bpb', ' ' + unit)}"
+    if conf.get("decomposition"):
+        text += "; " + decomposition_text(conf["decomposition"], unit)
     return {"text": text, "winner": best["taper"] if winners else None, "beats_uniform": bool(winners)}
 
 

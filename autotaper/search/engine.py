@@ -366,7 +366,8 @@ def finish_search(study, space: BaseSpace, data, *, confirm: bool, say, quiet: b
         return None
     extra = [probe_suggestion(study, space, data, say)] if space.settings.suggest_from_probe else []
     try:
-        out = confirm_study(study, space, data, top_k=c.top_k, seeds=c.seeds, quiet=quiet, extra=extra)
+        out = confirm_study(study, space, data, top_k=c.top_k, seeds=c.seeds, quiet=quiet, extra=extra,
+                            decompose=c.decompose)
     except ValueError as e:  # nothing complete to confirm: the leaderboard says why
         say(f"no confirmation: {e}")
         return None

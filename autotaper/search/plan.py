@@ -3,7 +3,8 @@
 Calibration measures the wall time of one proxy run on this machine (the CPU may or may not
 have native bf16: a 2x difference, so nothing is assumed). A search then costs about
   confirmation: (candidates + 1 uniform) x confirm seeds runs, candidates = top_k + the
-                paper default;
+                paper default, + confirm seeds when the verdict is decomposed (its taper
+                under the other parametrization);
   trials:       expected seeds per trial runs each, seeds.min + (seeds.max - seeds.min) / 3
                 with racing (most challengers stop at seeds.min) and seeds otherwise.
 With a budget, the trials are what gives: as many as fit in what remains after the time
@@ -40,10 +41,11 @@ class Plan:
         seed, plus the uniform run the probe reads."""
         if not self.confirm_top_k:
             return 0
-        return (self.confirm_top_k + 2 + self.probe) * self.confirm_seeds + self.probe
+        return (self.confirm_top_k + 2 + self.probe + self.decompose) * self.confirm_seeds + self.probe
 
     done: int = 0
     probe: bool = False  # search.suggest_from_probe
+    decompose: bool = False  # search.confirm.decompose: the verdict's taper under the other parametrization
 
     @property
     def estimate_s(self) -> float:
@@ -53,7 +55,8 @@ class Plan:
     def text(self) -> str:
         budget = f" of a {self.budget_s / 60:.1f} min budget" if self.budget_s else ""
         probe = ", the probe's suggestion" if self.probe else ""
-        conf = (f"confirmation of the top {self.confirm_top_k}, the paper default{probe} and uniform on "
+        other = ", the verdict's taper under the other parametrization" if self.decompose else ""
+        conf = (f"confirmation of the top {self.confirm_top_k}, the paper default{probe} and uniform{other} on "
                 f"{self.confirm_seeds} fresh seeds ({self.confirm_runs} runs)" if self.confirm_top_k
                 else "no confirmation")
         return (f"plan: {self.run_s:.1f} s per proxy run measured here; {self.n_trials} trials "
@@ -74,12 +77,13 @@ def make_plan(space: BaseSpace, *, run_s: float, n_trials: int, elapsed_s: float
     top_k = space.settings.confirm.top_k if confirm else 0
     seeds = space.settings.confirm.seeds
     probe = bool(space.settings.suggest_from_probe and top_k)
+    decompose = bool(space.settings.confirm.decompose and top_k)
     if budget_s is None:
-        return Plan(run_s, n_trials, per_trial, top_k, seeds, elapsed_s, None, None, done, probe)
+        return Plan(run_s, n_trials, per_trial, top_k, seeds, elapsed_s, None, None, done, probe, decompose)
     left = budget_s - elapsed_s
 
     def confirm_s(k, n):
-        return Plan(run_s, 0, 0, k, n, 0, None, None, 0, probe).confirm_runs * run_s
+        return Plan(run_s, 0, 0, k, n, 0, None, None, 0, probe, decompose).confirm_runs * run_s
 
     # shrink the confirmation only when the references alone would not leave room for it
     while top_k > 1 and confirm_s(top_k, seeds) > left:
@@ -89,4 +93,4 @@ def make_plan(space: BaseSpace, *, run_s: float, n_trials: int, elapsed_s: float
     trial_s = max(0.0, left - confirm_s(top_k, seeds))
     fit = max(done, REFERENCE_TRIALS) + int(math.floor(trial_s / (per_trial * run_s)))
     return Plan(run_s, max(REFERENCE_TRIALS, min(n_trials, fit)), per_trial, top_k, seeds, elapsed_s, budget_s,
-                trial_s, done, probe)
+                trial_s, done, probe, decompose)

@@ -172,8 +172,10 @@ def leaderboard(storage: str | None, study_name: str) -> dict[str, Any]:
     else:
         final = verdict(rows, mde=noise["mde_search"] if noise else None)
     duplicates = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "duplicate")
+    recipe = {k: proxy.get(k) for k in ("preset", "steps", "batch_size", "lr", "parametrization", "depth_alpha")}
+    recipe["parametrization"] = recipe["parametrization"] or "sp"  # a study from before the field
     return {"study": study_name, "storage": mask_url(url), "trials": rows, "noise": noise, "confirmation": conf,
-            "verdict": final, "duplicates": duplicates}
+            "verdict": final, "duplicates": duplicates, "recipe": recipe}
 
 
 def confirmation_lines(conf: dict) -> list[str]:
@@ -202,7 +204,13 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def to_table(board: dict[str, Any]) -> str:
-    lines = [f"study {board['study']} ({board['storage']})", ""]
+    lines = [f"study {board['study']} ({board['storage']})"]
+    r = board.get("recipe") or {}
+    if r.get("preset"):
+        param = r["parametrization"] + (f" (alpha {r['depth_alpha']:g})" if r["parametrization"] == "completep" else "")
+        lines.append(f"proxy {r['preset']}, {r['steps']} steps x {r['batch_size']}, lr {r['lr']:g}, "
+                     f"parametrization {param}: every verdict below holds under it")
+    lines.append("")
     if board.get("noise"):
         lines += board["noise"]["lines"] + [""]
     lines += [f"{'trial':>5} {'status':<10} {'delta_bpb':>10} {'95% CI':>21} {'seeds':>5} {'params':>8} "

@@ -55,9 +55,14 @@ class Confirm:
 
     top_k: int = 3
     seeds: int = 3
+    # the verdict's taper also trained under the other parametrization (sp <-> mup) on the same
+    # fresh seeds: the verdict then says what part of its effect is per-layer learning rate
+    decompose: bool = True
 
     def problems(self) -> list[str]:
         out = []
+        if not isinstance(self.decompose, bool):
+            out.append(f"search.confirm.decompose: must be true or false, got {self.decompose!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             out.append(f"search.confirm.top_k: must be an integer >= 0, got {self.top_k!r}")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 2 <= self.seeds <= 1000:
@@ -517,12 +522,13 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
     if confirm_raw is False:
         search_kw["confirm"] = Confirm(top_k=0)
     elif isinstance(confirm_raw, dict):
-        unknown = set(confirm_raw) - {"top_k", "seeds"}
+        unknown = set(confirm_raw) - {"top_k", "seeds", "decompose"}
         if unknown:
-            problems.append(f"search.confirm: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: seeds, top_k)")
-        search_kw["confirm"] = Confirm(**{k: v for k, v in confirm_raw.items() if k in ("top_k", "seeds")})
+            problems.append(f"search.confirm: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                            f"(known: decompose, seeds, top_k)")
+        search_kw["confirm"] = Confirm(**{k: v for k, v in confirm_raw.items() if k in ("top_k", "seeds", "decompose")})
     elif confirm_raw not in (None, True):
-        problems.append(f"search.confirm: must be false or a mapping {{top_k, seeds}}, got {confirm_raw!r}")
+        problems.append(f"search.confirm: must be false or a mapping {{top_k, seeds, decompose}}, got {confirm_raw!r}")
     if "budget" in search_kw:
         budget = search_kw.pop("budget")
         if budget is not None:
