@@ -439,7 +439,8 @@ def cmd_confirm(args) -> int:
     from autotaper.search.results import confirmation_lines
 
     out = confirm(storage=args.storage, study_name=args.study, top_k=args.top_k, seeds=args.seeds,
-                  quiet=args.quiet)
+                  quiet=args.quiet, steps=args.steps, tokens_per_param=args.tokens_per_param,
+                  decompose=not args.no_decompose)
     if args.json:
         print(json.dumps(out))
     else:
@@ -730,6 +731,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_nonnegative(int), default=3, help="tapers to confirm besides the paper default "
                    "(default 3)")
     p.add_argument("--seeds", type=_positive(int), default=3, help="fresh paired seeds (default 3, at least 2)")
+    p.add_argument("--steps", type=_positive(int), help="train every confirmation run this long (default: the "
+                   "search's steps): decide nearer the target's regime")
+    p.add_argument("--tokens-per-param", type=_positive(float), help="or this many tokens per uniform parameter")
+    p.add_argument("--no-decompose", action="store_true", help="do not retrain the verdict's taper under the "
+                   "other parametrization (sp <-> mup)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_confirm)

@@ -73,8 +73,10 @@ class PairedEvaluator:
 
     def __init__(self, base: ModelSpec, data, config: Callable[[int, Mapping[str, Any]], Any], *,
                  store: MutableMapping[str, Any] | None = None, quiet: bool = True,
-                 out_dir: str | None = None):
+                 out_dir: str | None = None, train: Mapping[str, Any] | None = None):
         self.base, self.data, self.config = base, data, config
+        # overrides for every run, the baseline's too (a confirmation that trains longer)
+        self.train = dict(train or {})
         self.store = store if store is not None else {}
         self.key = metric_key(data)
         self.quiet, self.out_dir = quiet, out_dir
@@ -98,22 +100,29 @@ class PairedEvaluator:
 
     def baseline(self, seed: int) -> dict:
         """The uniform baseline on `seed`, trained once and kept in the store."""
-        name = BASELINE_KEY.format(seed=seed)
+        name = self.baseline_key(seed)
         entry = self.store.get(name)
         if entry is None:
-            entry = self._train(self.base, seed, {})
+            entry = self._train(self.base, seed, dict(self.train))
             if entry["status"] != "complete" or entry["value"] is None:
                 raise ValueError(f"the uniform baseline did not train (seed {seed}): {entry['status']}, "
                                  f"{entry['reason']}")
             entry = self.store.setdefault(name, entry)  # another worker may have finished first: keep one
         return entry
 
+    def baseline_key(self, seed: int) -> str:
+        """Where the baseline on `seed` is stored: BASELINE_KEY, or with the evaluator's overrides'
+        key when it trains otherwise than the proxy (a longer confirmation)."""
+        if not self.train:
+            return BASELINE_KEY.format(seed=seed)
+        return f"baseline/{spec_key(self.base, self.train)}/seed{seed}"
+
     def run(self, spec: ModelSpec, seed: int, *, train: Mapping[str, Any] | None = None,
             callbacks: Iterable = ()) -> SeedRun:
         """`spec` on `seed` against the baseline; a complete run already stored is reused."""
-        overrides = dict(train or {})
+        overrides = {**self.train, **(train or {})}
         base = self.baseline(seed)
-        if spec_key(spec, overrides) == spec_key(self.base, {}):
+        if spec_key(spec, overrides) == spec_key(self.base, self.train):
             return SeedRun(seed, "complete", base["value"], base["value"], base, cached=True)
         name = RUN_KEY.format(key=spec_key(spec, overrides), seed=seed)
         entry = self.store.get(name)

@@ -268,3 +268,41 @@ def test_compare_prints_each_effect_and_their_paired_difference(tmp_path):
     assert "under sp" in r.stderr and "under mup" in r.stderr and "sp - mup" in r.stderr
     assert "per-layer learning rate" in r.stderr
     assert r.stderr.count("uniform") >= 6
+
+
+def test_a_confirmation_can_train_longer_than_the_search(tmp_path):
+    import optuna
+
+    from autotaper.search import load_space, run_search
+    import yaml
+
+    corpus = write_corpus(tmp_path / "corpus")
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(micro_space(str(corpus), name="long", search={
+        "n_trials": 3, "confirm": {"top_k": 1, "seeds": 2, "steps": 20, "decompose": False}})))
+    summary = run_search(load_space(str(path)), storage=f"sqlite:///{tmp_path}/long.db", quiet=True)
+    conf = summary.confirmation
+    assert conf["steps"] == 20 and conf["search_steps"] == 10
+    assert "confirmed at 20 steps a run, 2x the search's 10" in conf["text"]
+    attrs = optuna.load_study(study_name="long", storage=summary.storage).user_attrs
+    long_base = {k: v for k, v in attrs.items() if k.startswith("baseline/") and k.count("/") == 2}
+    assert sorted(k.rsplit("/", 1)[1] for k in long_base) == ["seed1000", "seed1001"]
+    assert all(v["steps"] == 20 for v in long_base.values())  # uniform trained as long as the candidates
+    assert attrs["baseline/seed0"]["steps"] == 10  # the search's own baselines are untouched
+    runs = [v for k, v in attrs.items() if k.startswith("run/") and k.endswith(("seed1000", "seed1001"))]
+    assert runs and all(v["steps"] == 20 for v in runs)
+
+
+@pytest.mark.parametrize("confirm, needle", [
+    ({"steps": 0}, "search.confirm.steps: must be a positive integer, got 0"),
+    ({"tokens_per_param": -1}, "search.confirm.tokens_per_param: must be a number in (0, 1e6], got -1"),
+    ({"steps": 10, "tokens_per_param": 2}, "give steps or tokens_per_param, not both"),
+    ({"decompose": "yes"}, "search.confirm.decompose: must be true or false, got 'yes'"),
+])
+def test_bad_confirmation_lengths_are_refused(tmp_path, confirm, needle):
+    from autotaper.search.space import parse_space
+
+    space = micro_space("corpus", search={"confirm": {"top_k": 1, "seeds": 2, **confirm}})
+    with pytest.raises(ValueError) as e:
+        parse_space(space)
+    assert needle in str(e.value)

@@ -157,8 +157,9 @@ def test_confirm_uses_only_fresh_seeds_never_the_search(corpus, scripted):
     assert any(c["taper"] == "ffn:cosine:1.5:0.5" for c in conf["candidates"])  # the paper default always
     # confirming again through the CLI, on 2 of the seeds: the stored runs, the same numbers
     stored = len(study.user_attrs)
+    # (--no-decompose: this process's scripted runs are not in the subprocess, which would train for real)
     out = subprocess.run([sys.executable, "-m", "autotaper", "confirm", "--study", summary.study, "--top-k", "2",
-                          "--seeds", "2", "--json"], capture_output=True, text=True, timeout=300)
+                          "--seeds", "2", "--json", "--no-decompose"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     again = json.loads(out.stdout.splitlines()[-1])
     assert again["seeds"] == conf["seeds"][:2]

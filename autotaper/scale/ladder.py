@@ -138,7 +138,7 @@ def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: 
     for r in rungs:
         study, url = studies[r.name]
         conf = confirm_study(study, _rung_space(space, r), data, top_k=0, seeds=config.seeds, quiet=quiet,
-                             extra=probe)
+                             extra=probe, tokens_per_param=config.probe_tokens_per_param)
         say(f"{r.name}: {conf['text']}")
         per_rung.append(_rung_report(r, study, url, conf, probe))
 
@@ -190,6 +190,7 @@ def _rung_report(r: Rung, study, url: str, conf: dict, probe: list[str]) -> dict
         probe_out[label] = {k: c[k] for k in ("mean", "ci95", "sd", "p", "p_holm", "beats_uniform",
                                               "worse_than_uniform", "deltas", "proxy_delta")}
     return {**r.to_dict(), "study": study.study_name, "storage": mask_url(url), "seeds": conf["seeds"],
+            "probe_steps": conf.get("steps"),
             "mde": conf["mde"], "pooled_sd": conf["pooled_sd"], "verdict": conf["text"], "winner": conf["winner"],
             "probe": probe_out, "deltas": deltas}
 

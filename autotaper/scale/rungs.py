@@ -77,6 +77,9 @@ class LadderConfig:
     target_tokens_per_param: float = DEFAULT_TARGET_TOKENS_PER_PARAM
     top_k: int = 1  # each rung's best tapers added to the shared probe set
     seeds: int = 4  # fresh paired seeds of the probe set at every rung
+    # the probe set trains this many tokens per uniform parameter at each rung (None: the rung's
+    # search steps), so each rung's verdict is measured nearer the target's regime than its search
+    probe_tokens_per_param: float | None = None
     budget_s: float | None = None  # each rung's search (calibration and trials)
     n_trials: int | None = None
 
@@ -185,9 +188,10 @@ def parse_ladder(raw: Any, *, where: str = "ladder") -> LadderConfig:
     if rules.max_steps is not None and rules.max_steps < rules.min_steps:
         problems.append(f"{where}.steps: max {rules.max_steps} < min {rules.min_steps}")
     probe = raw.get("probe") or {}
-    if not isinstance(probe, dict) or set(probe) - {"top_k", "seeds"}:
-        problems.append(f"{where}.probe: must be a mapping {{top_k, seeds}}, got {probe!r}")
+    if not isinstance(probe, dict) or set(probe) - {"top_k", "seeds", "tokens_per_param"}:
+        problems.append(f"{where}.probe: must be a mapping {{top_k, seeds, tokens_per_param}}, got {probe!r}")
         probe = {}
+    probe_tpp = _number(f"{where}.probe.tokens_per_param", probe.get("tokens_per_param"), problems)
     top_k = probe.get("top_k", 1)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         problems.append(f"{where}.probe.top_k: must be an integer >= 0, got {top_k!r}")
@@ -209,7 +213,8 @@ def parse_ladder(raw: Any, *, where: str = "ladder") -> LadderConfig:
     if problems:
         raise ValueError(f"{where}: {len(problems)} problem(s): " + "; ".join(problems))
     return LadderConfig(rungs=tuple(rungs), rules=rules, target=target, target_tokens_per_param=ttpp,
-                        top_k=top_k, seeds=seeds, budget_s=budget_s, n_trials=n_trials)
+                        top_k=top_k, seeds=seeds, budget_s=budget_s, n_trials=n_trials,
+                        probe_tokens_per_param=probe_tpp)
 
 
 def check_scales(names: list[str]) -> list[str]:

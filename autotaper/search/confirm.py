@@ -63,20 +63,29 @@ def pick(study, top_k: int, *, exclude: set[str] = frozenset()) -> list:
 
 
 def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int = 3, quiet: bool = True,
-                  extra: Sequence[str] = (), decompose: bool = False) -> dict:
+                  extra: Sequence[str] = (), decompose: bool = False, steps: int | None = None,
+                  tokens_per_param: float | None = None) -> dict:
     """Confirm a study's best tapers on fresh seeds; the result is stored in the study.
     `extra`: more tapers (text) to confirm beside them, e.g. a ladder's shared probe set;
     each keeps its text as its name, and Holm's correction counts it. `decompose`: also train
-    the verdict's taper under the other parametrization on the same seeds (`decomposition`)."""
+    the verdict's taper under the other parametrization on the same seeds (`decomposition`).
+    `steps` or `tokens_per_param`: every confirmation run (uniform's too) trains that long
+    instead of the proxy's steps, so the verdict is measured nearer the target's regime."""
     from autotaper.budget import solve, solve_report
     from autotaper.paired import spec_key
     from autotaper.search.objective import StudyStore, make_evaluator
     from autotaper.spec import ModelSpec
 
-    problems = Confirm(top_k=top_k, seeds=seeds).problems()
+    from autotaper.cost import count
+
+    rule = Confirm(top_k=top_k, seeds=seeds, steps=steps, tokens_per_param=tokens_per_param)
+    problems = rule.problems()
     if problems:
         raise ValueError("; ".join(p.replace("search.confirm.", "confirm.") for p in problems))
     ev = make_evaluator(space, data, StudyStore(study))
+    run_steps = rule.run_steps(space.proxy, count(ev.base).params, ev.base.context_length)
+    if run_steps != space.proxy.steps:  # its own uniform runs and keys: a longer run is another run
+        ev = make_evaluator(space, data, StudyStore(study), train={"steps": run_steps})
     try:
         paper = solve_report(ev.base, PAPER_DEFAULT, constraint=space.proxy.constraint,
                              tolerance=space.proxy.tolerance).spec
@@ -106,7 +115,9 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
         raise ValueError("confirm: the study has no complete taper to confirm")
     fresh = [CONFIRM_SEED_BASE + i for i in range(seeds)]
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    say(f"confirming {len(cands)} taper(s) against uniform on {seeds} fresh seeds ({fresh[0]}..{fresh[-1]})")
+    longer = (f", {run_steps} steps a run ({run_steps / space.proxy.steps:.3g}x the search's)"
+              if run_steps != space.proxy.steps else "")
+    say(f"confirming {len(cands)} taper(s) against uniform on {seeds} fresh seeds ({fresh[0]}..{fresh[-1]}){longer}")
 
     def show(name, r):
         say(f"  seed {r.seed}: {name.rsplit('#', 1)[0]} {r.delta:+.4f}{' (stored)' if r.cached else ''}")
@@ -125,7 +136,8 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
     out = {"seeds": fresh, "metric": ev.key, "candidates": cands, "pooled_sd": pooled,
            "mde": stats.mde(pooled, seeds, alpha=stats.ALPHA / len(cands)), "m": len(cands),
            "complete_trials": len(complete_trials(study)),  # to tell a later reader the study grew since
-           "skipped": skipped, "parametrization": ev.base.parametrization}
+           "skipped": skipped, "parametrization": ev.base.parametrization,
+           "steps": run_steps, "search_steps": space.proxy.steps}
     if decompose:
         winners = [c for c in cands if c["beats_uniform"]]
         chosen = min(winners or cands, key=lambda c: c["mean"])
@@ -227,13 +239,17 @@ def verdict(conf: dict) -> dict:
         text += "; worse than uniform beyond noise: " + ", ".join(f"{c['taper']} ({c['mean']:+.4f})" for c in losers)
     unit = "bpb" if conf.get("metric", "val_bpb") == "val_bpb" else "loss"
     text = f"under {conf.get('parametrization', 'sp')}: {text.replace(' bpb', ' ' + unit)}"
+    if conf.get("steps") and conf.get("search_steps") and conf["steps"] != conf["search_steps"]:
+        text += (f" (confirmed at {conf['steps']} steps a run, {conf['steps'] / conf['search_steps']:.3g}x the "
+                 f"search's {conf['search_steps']})")
     if conf.get("decomposition"):
         text += "; " + decomposition_text(conf["decomposition"], unit)
     return {"text": text, "winner": best["taper"] if winners else None, "beats_uniform": bool(winners)}
 
 
 def confirm(*, storage: str | None = None, study_name: str, top_k: int = 3, seeds: int = 3,
-            quiet: bool = False) -> dict:
+            quiet: bool = False, steps: int | None = None, tokens_per_param: float | None = None,
+            decompose: bool = True) -> dict:
     """`autotaper confirm --study X`: confirm any existing study's best tapers on fresh seeds."""
     from autotaper.search.engine import SPACE_ATTR, check_corpus
     from autotaper.search.results import load
@@ -245,4 +261,5 @@ def confirm(*, storage: str | None = None, study_name: str, top_k: int = 3, seed
     space = StoredSpace(identity)
     data = space.proxy.load_data()
     check_corpus(study, data)
-    return confirm_study(study, space, data, top_k=top_k, seeds=seeds, quiet=quiet)
+    return confirm_study(study, space, data, top_k=top_k, seeds=seeds, quiet=quiet, steps=steps,
+                         tokens_per_param=tokens_per_param, decompose=decompose)

@@ -208,8 +208,14 @@ def prepare_search(study, space: BaseSpace, data, *, n_trials: int, started: flo
         in_use["confirmation"] = (space.settings.confirm.seeds, space.settings.confirm.top_k + 1)
     for line in cal.lines(in_use):
         say(line)
+    from autotaper.cost import count
+    from autotaper.search.objective import baseline_spec
+
+    base = baseline_spec(space, data)
+    scale = space.settings.confirm.run_steps(space.proxy, count(base).params, base.context_length) / space.proxy.steps
     plan = make_plan(space, run_s=cal.run_wall_s, n_trials=n_trials, elapsed_s=time.time() - started,
-                     budget_s=budget_s, confirm=confirm and space.settings.confirm.enabled, done=finished(study))
+                     budget_s=budget_s, confirm=confirm and space.settings.confirm.enabled, done=finished(study),
+                     confirm_scale=scale)
     say(plan.text())
     return cal, plan
 
@@ -367,7 +373,7 @@ def finish_search(study, space: BaseSpace, data, *, confirm: bool, say, quiet: b
     extra = [probe_suggestion(study, space, data, say)] if space.settings.suggest_from_probe else []
     try:
         out = confirm_study(study, space, data, top_k=c.top_k, seeds=c.seeds, quiet=quiet, extra=extra,
-                            decompose=c.decompose)
+                            decompose=c.decompose, steps=c.steps, tokens_per_param=c.tokens_per_param)
     except ValueError as e:  # nothing complete to confirm: the leaderboard says why
         say(f"no confirmation: {e}")
         return None

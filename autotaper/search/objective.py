@@ -88,8 +88,11 @@ def train_config(space: BaseSpace, seed: int, overrides: dict[str, Any] | None =
     from autotaper.train import TrainConfig
 
     p = space.proxy
-    return TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=float((overrides or {}).get("lr", p.lr)),
-                       seed=seed, eval_every=p.eval_interval(), precision=p.precision, schedule=p.schedule,
+    o = overrides or {}
+    steps = int(o.get("steps", p.steps))  # a confirmation may train longer than the search
+    eval_every = p.eval_interval() if steps == p.steps else max(1, steps // max(1, p.steps // p.eval_interval()))
+    return TrainConfig(steps=steps, batch_size=p.batch_size, lr=float(o.get("lr", p.lr)),
+                       seed=seed, eval_every=eval_every, precision=p.precision, schedule=p.schedule,
                        compile=p.compile)
 
 
@@ -147,9 +150,10 @@ class MemoryStore(dict):
         return super().setdefault(key, value)
 
 
-def make_evaluator(space: BaseSpace, data, store: MutableMapping, *, quiet: bool = True) -> PairedEvaluator:
+def make_evaluator(space: BaseSpace, data, store: MutableMapping, *, quiet: bool = True,
+                   train: dict | None = None) -> PairedEvaluator:
     return PairedEvaluator(baseline_spec(space, data), data, lambda seed, o: train_config(space, seed, o),
-                           store=store, quiet=quiet)
+                           store=store, quiet=quiet, train=train)
 
 
 def ensure_baselines(study, space: BaseSpace, data, *, quiet: bool = True, seeds=None) -> dict[int, dict]:

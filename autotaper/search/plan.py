@@ -46,18 +46,21 @@ class Plan:
     done: int = 0
     probe: bool = False  # search.suggest_from_probe
     decompose: bool = False  # search.confirm.decompose: the verdict's taper under the other parametrization
+    confirm_scale: float = 1.0  # a confirmation run's steps over a search run's (confirm.steps)
 
     @property
     def estimate_s(self) -> float:
         trial_runs = max(0, self.n_trials - max(self.done, REFERENCE_TRIALS)) * self.seeds_per_trial
-        return self.elapsed_s + (trial_runs + self.confirm_runs) * self.run_s
+        return self.elapsed_s + (trial_runs + self.confirm_runs * self.confirm_scale) * self.run_s
 
     def text(self) -> str:
         budget = f" of a {self.budget_s / 60:.1f} min budget" if self.budget_s else ""
         probe = ", the probe's suggestion" if self.probe else ""
         other = ", the verdict's taper under the other parametrization" if self.decompose else ""
         conf = (f"confirmation of the top {self.confirm_top_k}, the paper default{probe} and uniform{other} on "
-                f"{self.confirm_seeds} fresh seeds ({self.confirm_runs} runs)" if self.confirm_top_k
+                f"{self.confirm_seeds} fresh seeds ({self.confirm_runs} runs"
+                + (f", {self.confirm_scale:.3g}x a search run's steps each" if self.confirm_scale != 1 else "")
+                + ")" if self.confirm_top_k
                 else "no confirmation")
         return (f"plan: {self.run_s:.1f} s per proxy run measured here; {self.n_trials} trials "
                 f"(~{self.seeds_per_trial:.1f} seeds each), {conf}; about {self.estimate_s / 60:.1f} min in all"
@@ -70,7 +73,8 @@ def expected_seeds(space: BaseSpace) -> float:
 
 
 def make_plan(space: BaseSpace, *, run_s: float, n_trials: int, elapsed_s: float,
-              budget_s: float | None = None, confirm: bool = True, done: int = 0) -> Plan:
+              budget_s: float | None = None, confirm: bool = True, done: int = 0,
+              confirm_scale: float = 1.0) -> Plan:
     """`n_trials` is the study's total (references included); `done` of them finished before
     this command, so a resumed search plans what its budget adds to them."""
     per_trial = expected_seeds(space)
@@ -79,11 +83,12 @@ def make_plan(space: BaseSpace, *, run_s: float, n_trials: int, elapsed_s: float
     probe = bool(space.settings.suggest_from_probe and top_k)
     decompose = bool(space.settings.confirm.decompose and top_k)
     if budget_s is None:
-        return Plan(run_s, n_trials, per_trial, top_k, seeds, elapsed_s, None, None, done, probe, decompose)
+        return Plan(run_s, n_trials, per_trial, top_k, seeds, elapsed_s, None, None, done, probe, decompose,
+                    confirm_scale)
     left = budget_s - elapsed_s
 
     def confirm_s(k, n):
-        return Plan(run_s, 0, 0, k, n, 0, None, None, 0, probe, decompose).confirm_runs * run_s
+        return Plan(run_s, 0, 0, k, n, 0, None, None, 0, probe, decompose).confirm_runs * run_s * confirm_scale
 
     # shrink the confirmation only when the references alone would not leave room for it
     while top_k > 1 and confirm_s(top_k, seeds) > left:
@@ -93,4 +98,4 @@ def make_plan(space: BaseSpace, *, run_s: float, n_trials: int, elapsed_s: float
     trial_s = max(0.0, left - confirm_s(top_k, seeds))
     fit = max(done, REFERENCE_TRIALS) + int(math.floor(trial_s / (per_trial * run_s)))
     return Plan(run_s, max(REFERENCE_TRIALS, min(n_trials, fit)), per_trial, top_k, seeds, elapsed_s, budget_s,
-                trial_s, done, probe, decompose)
+                trial_s, done, probe, decompose, confirm_scale)

@@ -58,9 +58,22 @@ class Confirm:
     # the verdict's taper also trained under the other parametrization (sp <-> mup) on the same
     # fresh seeds: the verdict then says what part of its effect is per-layer learning rate
     decompose: bool = True
+    # train the confirmation longer than the search, to decide nearer the target's regime:
+    # `steps` per run, or `tokens_per_param` x uniform's parameters (one of them; none: the proxy's)
+    steps: int | None = None
+    tokens_per_param: float | None = None
 
     def problems(self) -> list[str]:
         out = []
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or not 1 <= self.steps <= 10_000_000):
+            out.append(f"search.confirm.steps: must be a positive integer, got {self.steps!r}")
+        tpp = self.tokens_per_param
+        if tpp is not None and (isinstance(tpp, bool) or not isinstance(tpp, (int, float)) or not math.isfinite(tpp)
+                                or not 0 < tpp <= 1e6):
+            out.append(f"search.confirm.tokens_per_param: must be a number in (0, 1e6], got {tpp!r}")
+        if self.steps is not None and tpp is not None:
+            out.append("search.confirm: give steps or tokens_per_param, not both")
         if not isinstance(self.decompose, bool):
             out.append(f"search.confirm.decompose: must be true or false, got {self.decompose!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
@@ -73,6 +86,15 @@ class Confirm:
     @property
     def enabled(self) -> bool:
         return self.top_k > 0
+
+    def run_steps(self, proxy: "Proxy", params: int, context_length: int) -> int:
+        """Steps of one confirmation run: `steps`, or tokens_per_param x `params` in whole steps of
+        the proxy's batch, or the proxy's own."""
+        if self.steps is not None:
+            return self.steps
+        if self.tokens_per_param is not None:
+            return max(1, round(self.tokens_per_param * params / (proxy.batch_size * context_length)))
+        return proxy.steps
 
 
 def parse_duration(text: Any, field_name: str = "budget") -> float:
@@ -522,11 +544,12 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
     if confirm_raw is False:
         search_kw["confirm"] = Confirm(top_k=0)
     elif isinstance(confirm_raw, dict):
-        unknown = set(confirm_raw) - {"top_k", "seeds", "decompose"}
+        keys = ("top_k", "seeds", "decompose", "steps", "tokens_per_param")
+        unknown = set(confirm_raw) - set(keys)
         if unknown:
             problems.append(f"search.confirm: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
-                            f"(known: decompose, seeds, top_k)")
-        search_kw["confirm"] = Confirm(**{k: v for k, v in confirm_raw.items() if k in ("top_k", "seeds", "decompose")})
+                            f"(known: {', '.join(sorted(keys))})")
+        search_kw["confirm"] = Confirm(**{k: v for k, v in confirm_raw.items() if k in keys})
     elif confirm_raw not in (None, True):
         problems.append(f"search.confirm: must be false or a mapping {{top_k, seeds, decompose}}, got {confirm_raw!r}")
     if "budget" in search_kw:
