@@ -240,7 +240,7 @@ def cmd_train(args) -> int:
     bpb = "n/a" if result.val_bpb is None else f"{result.val_bpb:.4f}"
     loss = "n/a" if result.val_loss is None or result.val_loss != result.val_loss else f"{result.val_loss:.4f}"
     print(f"val_loss {loss}  val_bpb {bpb}  {result.tokens_per_s:,.0f} tokens/s  "
-          f"precision {result.precision}"
+          f"precision {result.precision}  parametrization {spec.parametrization}"
           + (f"  compile {result.compile_s:.1f} s (first step)" if getattr(result, "compile_s", None) else "")
           + f"  run dir {out}", file=sys.stderr)
     if result.status != "diverged" and not args.ray_workers:

@@ -207,7 +207,10 @@ def build_report(storage: str | None, study_name: str, *, probe: dict | None = N
     probe = probe if probe is not None else study.user_attrs.get("probe")  # search.suggest_from_probe
     if probe is not None:
         parts.append(("probe", f"Residual-stream probe of {probe['run_dir']}", probe_plot(probe)))
-    return _page(f"autotaper report: {study_name}", f"storage {board['storage']}", parts)
+    r = board.get("recipe") or {}
+    recipe = (f"; proxy {r['preset']}, {r['steps']} steps x {r['batch_size']}, lr {r['lr']:g}, parametrization "
+              f"{r['parametrization']}" if r.get("preset") else "")
+    return _page(f"autotaper report: {study_name}", f"storage {board['storage']}{recipe}", parts)
 
 
 def ladder_effects_plot(report: dict) -> str:
@@ -272,8 +275,9 @@ def ladder_report(report: dict) -> str:
          + f"<ul>{trend}</ul><p>held-out check: {html.escape(report['held_out']['text'])}</p>"),
         ("text", "The whole report as text", f"<pre>{html.escape(to_text(report))}</pre>"),
     ]
+    params = sorted({r.get("parametrization", "sp") for r in report["rungs"]})
     return _page(f"autotaper ladder report: {report['ladder']}", f"space {report['space']}, corpus "
-                 f"{report['corpus']}", parts)
+                 f"{report['corpus']}, parametrization {', '.join(params)}", parts)
 
 
 def _page(title: str, subtitle: str, parts: list[tuple[str, str, str]]) -> str:

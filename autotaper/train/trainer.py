@@ -100,6 +100,7 @@ class TrainResult:
     flops_per_token: float
     achieved_flops_per_s: float
     compile_s: float | None = None  # the session's first step, compilation included (None: eager)
+    parametrization: str = "sp"  # the spec's (autotaper.parametrization)
     resumed_from: int | None = None
     run_dir: str | None = None
     corpus: dict = field(default_factory=dict)
@@ -394,6 +395,7 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
         train_time_s=train_time, data_fingerprint=fingerprint[:32], precision=precision, device=str(device),
         world_size=world, params=cost.params, flops_per_token=cost.flops_per_token,
         achieved_flops_per_s=tok_s * 3 * cost.flops_per_token, compile_s=compile_s, resumed_from=resumed_from,
+        parametrization=spec.parametrization,
         run_dir=str(run_dir) if run_dir else None, corpus=_corpus_summary(data), history=history)
     if run_dir and rank == 0:
         atomic_write_text(run_dir / "summary.json", json.dumps(result.to_dict(), indent=1))
