@@ -306,3 +306,28 @@ def test_bad_confirmation_lengths_are_refused(tmp_path, confirm, needle):
     with pytest.raises(ValueError) as e:
         parse_space(space)
     assert needle in str(e.value)
+
+
+def test_a_search_verdict_says_its_parametrization_and_decomposes_the_effect(tmp_path):
+    from autotaper.search import load_space, run_search
+    from autotaper.search.results import leaderboard, to_table
+    import yaml
+
+    corpus = write_corpus(tmp_path / "corpus")
+    path = tmp_path / "dec.yaml"
+    path.write_text(yaml.safe_dump(micro_space(str(corpus), name="dec", search={
+        "n_trials": 3, "confirm": {"top_k": 1, "seeds": 2}})))
+    space = load_space(str(path), overrides={"parametrization": "mup"})
+    summary = run_search(space, storage=f"sqlite:///{tmp_path}/dec.db", quiet=True)
+    conf = summary.confirmation
+    assert conf["parametrization"] == "mup" and conf["text"].startswith("under mup: ")
+    dec = conf["decomposition"]
+    assert dec["other"] == "sp" and len(dec["deltas"]["sp"]) == len(dec["deltas"]["mup"]) == 2
+    chosen = next(c for c in conf["candidates"] if c["taper"] == dec["taper"])
+    assert dec["deltas"]["mup"] == chosen["deltas"]  # the study's own confirmation runs
+    lr_part = [a - b for a, b in zip(dec["deltas"]["sp"], dec["deltas"]["mup"])]
+    assert dec["per_layer_lr"]["mean"] == pytest.approx(sum(lr_part) / 2)
+    assert "per-layer learning rate and init (sp - mup, same seeds)" in conf["text"]
+    board = leaderboard(summary.storage, "dec")
+    assert board["recipe"]["parametrization"] == "mup"
+    assert "parametrization mup: every verdict below holds under it" in to_table(board)
