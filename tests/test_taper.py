@@ -169,3 +169,19 @@ def test_a_registered_curve_does_not_outlive_its_test():
     from autotaper.curves import curve_names
 
     assert "sqrt_test" not in curve_names() and "bump_test" not in curve_names()
+
+
+def test_valley_is_wide_at_both_ends_narrow_in_the_middle_and_solves_exactly():
+    from autotaper.budget import solve
+    from autotaper.cost import count
+    from autotaper.spec import ModelSpec
+
+    t = Taper.parse("ffn:valley:1.5:0.5").get("ffn")
+    r = t.ratios(7)
+    assert r[0] == pytest.approx(1.5) and r[-1] == pytest.approx(1.5) and r[3] == pytest.approx(0.5)
+    assert np.allclose(r, r[::-1]) and t.direction(7) == 0  # symmetric, not monotone
+    base = ModelSpec.from_name("proxy-xs")
+    spec = solve(base, "ffn:valley:1.5:0.5")
+    assert count(spec).params == count(base).params
+    f = spec.layer_ffn
+    assert f[0] == f[-1] > f[2] and min(f) in (f[2], f[3])
