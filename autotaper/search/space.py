@@ -460,6 +460,8 @@ class YamlSpace(BaseSpace):
             wanted = {"curve": "cosine" if d.dim == "ffn" else "uniform"}
             if d.dim == "ffn":
                 wanted.update({"strength": 0.5, "asymmetry": 0.0} if "strength" in k else {"start": 1.5, "end": 0.5})
+            elif "curve" in k and not _admits(k["curve"], "uniform"):  # a fixed curve: flat at strength 0
+                wanted = {"strength": 0.0, "asymmetry": 0.0} if "strength" in k else {"start": 1.0, "end": 1.0}
             for key, value in wanted.items():
                 if key not in k:
                     continue
