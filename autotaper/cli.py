@@ -252,23 +252,35 @@ def cmd_train(args) -> int:
 
 def cmd_compare(args) -> int:
     from autotaper.parametrization import parse_names
-    from autotaper.paired import compare_parametrizations
+    from autotaper.paired import compare_parametrizations, describe
+    from autotaper.stats import mde
 
     names = parse_names(args.param or "sp")
     data = _load_data(args)
     bases = {name: dataclasses.replace(_baseline(args, name), vocab_size=data.vocab_size) for name in names}
+    several = len(names) > 1
 
     def show(name, label, r):
-        print(f"{name} seed {r.seed}: uniform {r.baseline:.4f}  taper {r.value:.4f}  delta {r.delta:+.4f}",
-              file=sys.stderr)
+        print(f"{name + ' ' if several else ''}seed {r.seed}: uniform {r.baseline:.4f}  taper {r.value:.4f}  "
+              f"delta {r.delta:+.4f}", file=sys.stderr)
 
     result = compare_parametrizations(bases, args.taper, data, lambda seed, o: _train_config(args, seed),
                                       seeds=range(args.seeds), constraint=args.constraint, tolerance=args.tolerance,
                                       quiet=args.quiet, out_dir=args.out, on_run=show)
-    for line in result.lines():
-        print(line, file=sys.stderr)
+    if several:
+        for line in result.lines():
+            print(line, file=sys.stderr)
+        if args.json:
+            print(json.dumps(result.to_dict()))
+        return 0
+    comp = result.by_param[names[0]]
+    stats = comp.stats
+    floor = mde(stats.sd, stats.n)
+    floor_text = f"; minimum detectable effect at {stats.n} seeds {floor:.4f}" if floor is not None else ""
+    print(f"{result.taper} vs uniform: {describe(stats, unit=result.unit)}{floor_text} (parametrization "
+          f"{names[0]})", file=sys.stderr)
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps({"taper": result.taper, "parametrization": names[0], **comp.to_dict(), "mde": floor}))
     return 0
 
 
