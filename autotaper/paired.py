@@ -186,7 +186,7 @@ def describe(stats: Paired, *, unit: str = "bpb") -> str:
             f"p {stats.p:.3g}, {stats.n} paired seeds): {call}")
 
 
-def _trains_as_sp(base: ModelSpec) -> bool:
+def trains_as_sp(base: ModelSpec) -> bool:
     """Whether the uniform `base` trains bit for bit as under sp (it is its own base shape), so
     that one baseline per seed serves every parametrization."""
     from autotaper.parametrization import depth_multiplier, width_multiplier
@@ -255,7 +255,7 @@ def compare_parametrizations(bases: Mapping[str, ModelSpec], taper: str, data,
     from autotaper.budget import solve
 
     shared: dict = {}
-    evaluators = {name: PairedEvaluator(base, data, config, store=shared if _trains_as_sp(base) else {},
+    evaluators = {name: PairedEvaluator(base, data, config, store=shared if trains_as_sp(base) else {},
                                         quiet=quiet, out_dir=out_dir)
                   for name, base in bases.items()}
     specs = {name: solve(base, taper, constraint=constraint, tolerance=tolerance) for name, base in bases.items()}

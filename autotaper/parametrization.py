@@ -135,16 +135,13 @@ def residual_init_depth(spec: "ModelSpec") -> int:
 
 @dataclass(frozen=True)
 class Rule:
-    """One parameter's multipliers of the base recipe; `layer` is its block (None outside)."""
+    """One parameter's multipliers of the base recipe."""
 
     role: str  # input, hidden, output, vector
     init_std: float = 1.0
     lr: float = 1.0
     eps: float = 1.0
     weight_decay: float = 1.0
-    layer: int | None = None
-    fan_in: int | None = None
-    base_fan_in: float | None = None
 
 
 def _base_model(spec: "ModelSpec"):
@@ -185,17 +182,16 @@ def rules(model: "torch.nn.Module", spec: "ModelSpec") -> dict[str, Rule]:
         layer = layer_of.get(id(p))
         layer_lr = spec.layer_lr[layer] if layer is not None else 1.0
         if id(p) in embedding_params:
-            out[name] = Rule("input", lr=layer_lr, layer=layer)
+            out[name] = Rule("input", lr=layer_lr)
         elif p.ndim < 2:
             if id(p) in in_blocks:
-                out[name] = Rule("vector", lr=depth_lr * layer_lr, eps=depth_eps, layer=layer)
+                out[name] = Rule("vector", lr=depth_lr * layer_lr, eps=depth_eps)
             else:
-                out[name] = Rule("vector", layer=layer)
+                out[name] = Rule("vector")
         elif id(p) not in in_blocks:  # the output head
             fan_in = p.shape[1]
             m = fan_in / (spec.base_d_model or spec.d_model) if width_aware else 1.0
-            out[name] = Rule("output", eps=1.0 / m, layer=layer, fan_in=fan_in,
-                             base_fan_in=fan_in / m)
+            out[name] = Rule("output", eps=1.0 / m)
         else:
             fan_in = int(p.shape[1])
             if width_aware:
@@ -205,9 +201,9 @@ def rules(model: "torch.nn.Module", spec: "ModelSpec") -> dict[str, Rule]:
                 base_fan_in = base_shapes[name][1] / m_n
                 m = fan_in / base_fan_in
             else:
-                base_fan_in, m = float(fan_in), 1.0
+                m = 1.0
             out[name] = Rule("hidden", init_std=m ** -0.5, lr=depth_lr * layer_lr / m, eps=depth_eps / m,
-                             weight_decay=m / depth_lr, layer=layer, fan_in=fan_in, base_fan_in=base_fan_in)
+                             weight_decay=m / depth_lr)
     return out
 
 

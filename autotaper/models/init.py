@@ -34,7 +34,7 @@ def param_seed(seed: int, name: str) -> int:
 def init_std(name: str, spec: "ModelSpec", multiplier: float = 1.0, *, std: float = 0.02) -> float:
     """The init std of weight matrix `name`: the standard one times the parametrization's factor."""
     s = std / math.sqrt(2 * residual_init_depth(spec)) if is_residual_out(name) else std
-    return s * multiplier if multiplier != 1.0 else s
+    return s * multiplier
 
 
 @torch.no_grad()

@@ -156,11 +156,11 @@ def decompose_effect(ev, spec, cand: dict, seeds: list[int], say) -> dict:
     import copy
     import dataclasses
 
-    from autotaper.paired import _trains_as_sp
+    from autotaper.paired import trains_as_sp
 
     mine = ev.base.parametrization
     other = "mup" if mine == "sp" else "sp"
-    if not _trains_as_sp(ev.base):
+    if not trains_as_sp(ev.base):
         return {"taper": cand["taper"], "skipped": f"uniform is not its own base shape under {mine}, so it "
                                                    f"trains differently under {other}: no shared baseline"}
     other_ev = copy.copy(ev)  # the same store, data, training config (and evaluator class)
