@@ -34,7 +34,7 @@ def _add_model_args(p: argparse.ArgumentParser, *, taper_required: bool = True, 
                    required=taper_required, help="taper text, e.g. ffn:cosine:1.5:0.5 (or 'uniform')")
     p.add_argument("--constraint", default="params", choices=["params", "flops", "both"],
                    help="which budget the tapered model must match (default: params)")
-    p.add_argument("--tolerance", type=float, default=1e-3,
+    p.add_argument("--tolerance", type=_bounded(float, 0, 0.5), default=1e-3,
                    help="largest relative budget error when an exact match is impossible (default 1e-3)")
     _add_param_args(p, several=several_params)
 
@@ -44,7 +44,7 @@ def _add_param_args(p: argparse.ArgumentParser, *, several: bool) -> None:
                    help=("parametrizations to compare, e.g. sp,mup (sp, mup, completep; default sp)" if several else
                          "parametrization: sp (one global LR), mup (init, LR, eps and weight decay per matrix "
                          "from its fan-in) or completep (mup plus depth rules); default sp"))
-    p.add_argument("--depth-alpha", type=float, default=1.0,
+    p.add_argument("--depth-alpha", type=_bounded(float, 0.5, 1.0), default=1.0,
                    help="completep: residual branches x (depth / base depth)^-alpha, alpha in [0.5, 1] (default 1)")
     p.add_argument("--base-d-model", type=_positive(int),
                    help="mup/completep: the width the LR was tuned at (default: the model's own)")
@@ -140,25 +140,25 @@ def format_plan(sol) -> str:
 
 # -- train / compare ---------------------------------------------------------------------
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
+    p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), default=300, help="optimizer steps (default 300)")
     p.add_argument("--data", help="text file, directory, glob, .bin/.npy tokens, or hf:PATH "
                    "(default: the embedded standard-library corpus)")
     p.add_argument("--strict-data", action="store_true",
                    help="refuse a data folder or glob holding files that are not UTF-8 text (default: skip them)")
     p.add_argument("--tokenizer", default="bytes", choices=["bytes", "bpe"])
-    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default 4096)")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per step (default 16)")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--vocab-size", type=_bounded(int, 2, 2**16), help="BPE vocabulary size (default 4096)")
+    p.add_argument("--batch-size", type=_bounded(int, 1, 2**20), default=16, help="sequences per step (default 16)")
+    p.add_argument("--grad-accum", type=_bounded(int, 1, 2**20), default=1, help="micro-batches per step (default 1)")
+    p.add_argument("--lr", type=_bounded(float, 0, 1e4, low_open=True), default=3e-3, help="peak learning rate (default 3e-3)")
     p.add_argument("--schedule", default="cosine", choices=["cosine", "wsd", "constant"])
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each block (each distinct layer shape compiles once; the time is "
                         "reported apart from tokens/s)")
-    p.add_argument("--eval-every", type=int, help="steps between evaluations (default: 4 per run)")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: end only)")
-    p.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl rows")
+    p.add_argument("--eval-every", type=_bounded(int, 1, 10_000_000), help="steps between evaluations (default: 4 per run)")
+    p.add_argument("--checkpoint-every", type=_bounded(int, 0, 10_000_000), default=0, help="steps between checkpoints (default: end only)")
+    p.add_argument("--log-every", type=_bounded(int, 1, 10_000_000), default=10, help="steps between metrics.jsonl rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
 
@@ -190,7 +190,7 @@ def _load_data(args):
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
+    return "".join(c if (c.isascii() and c.isalnum()) or c in ".-" else "_" for c in text)
 
 
 def cmd_train(args) -> int:
@@ -235,10 +235,16 @@ def cmd_train(args) -> int:
             callbacks.append(TensorBoard(args.tensorboard))
         result = train(spec, data, config, out_dir=out, quiet=args.quiet, callbacks=callbacks)
         summary = {k: v for k, v in result.to_dict().items() if k != "history"}
-    print(f"{result.status}{' (' + result.reason + ')' if result.reason else ''}: {spec.taper} on "
-          f"{name}, {result.steps} steps, seed {args.seed}, corpus {data.name}", file=sys.stderr)
     bpb = "n/a" if result.val_bpb is None else f"{result.val_bpb:.4f}"
     loss = "n/a" if result.val_loss is None or result.val_loss != result.val_loss else f"{result.val_loss:.4f}"
+    if getattr(result, "resumed_from", None) is not None and result.resumed_from >= args.steps:
+        print(f"{result.status}: {out} already holds all {result.steps} steps of this run ({spec.taper} on {name}, "
+              f"seed {args.seed}); nothing trained. val_loss {loss}  val_bpb {bpb}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(summary))
+        return 0 if result.status != "diverged" else 1
+    print(f"{result.status}{' (' + result.reason + ')' if result.reason else ''}: {spec.taper} on "
+          f"{name}, {result.steps} steps, seed {args.seed}, corpus {data.name}", file=sys.stderr)
     print(f"val_loss {loss}  val_bpb {bpb}  {result.tokens_per_s:,.0f} tokens/s  "
           f"precision {result.precision}  parametrization {spec.parametrization}"
           + (f"  compile {result.compile_s:.1f} s (first step)" if getattr(result, "compile_s", None) else "")
@@ -385,7 +391,7 @@ def _add_param_override(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", choices=PARAMETRIZATIONS,
                    help="override the proxy's parametrization (a study holds one: the default study name gets "
                         "-PARAM appended)")
-    p.add_argument("--depth-alpha", type=float, help="completep's depth exponent, in [0.5, 1] (default 1)")
+    p.add_argument("--depth-alpha", type=_bounded(float, 0.5, 1.0), help="completep's depth exponent, in [0.5, 1] (default 1)")
 
 
 def _load_space(args):
@@ -400,13 +406,44 @@ def _load_space(args):
     if seeds is not None:
         overrides["seeds"] = {"min": seeds[0], "max": seeds[1]}
     space = load_space(args.space, overrides=overrides)
-    if param is not None and param != "sp":  # its own study by default: a study holds one parametrization
+    if getattr(args, "study", None) is None:  # the overrides name their own study: the space's stays its own
+        space.name = _derived_name(args.space, space)
+    elif param is not None and param != "sp":
         space.name = f"{space.name}-{param}"
     if getattr(args, "sampler_seed", None) is not None:
         import dataclasses
 
         space.settings = dataclasses.replace(space.settings, seed=args.sampler_seed)
     return space
+
+
+def _derived_name(path: str, space) -> str:
+    """The default study name of a search whose flags override its space's proxy: the space's
+    name, then each proxy field the flags changed (preset, family, steps, seeds, parametrization),
+    so `search --space quickstart.yaml --steps 20` is not stored as the quickstart's own study."""
+    from autotaper.search.space import Proxy, read_space_file
+
+    raw = read_space_file(path)
+    section = raw.get("proxy") if isinstance(raw, dict) and isinstance(raw.get("proxy"), dict) else {}
+    default = Proxy()
+    given = space.proxy
+    raw_seeds = section.get("seeds", default.seeds)
+    seeds = (raw_seeds.get("min"), raw_seeds.get("max")) if isinstance(raw_seeds, dict) else (raw_seeds, None)
+    seeds = (seeds[0], seeds[1] or seeds[0])
+    parts = []
+    for key in ("preset", "family"):
+        if getattr(given, key) != section.get(key, getattr(default, key)):
+            parts.append(str(getattr(given, key)))
+    if given.steps != section.get("steps", default.steps):
+        parts.append(f"{given.steps}steps")
+    if (given.seeds, given.max_seeds) != seeds:
+        parts.append(f"seeds{given.seeds}" + (f"-{given.max_seeds}" if given.racing else ""))
+    if given.parametrization != section.get("parametrization", default.parametrization):
+        parts.append(given.parametrization)
+    if given.depth_alpha != section.get("depth_alpha", default.depth_alpha):
+        parts.append(f"alpha{given.depth_alpha:g}")
+    name = "-".join([space.name, *(_slug(x) for x in parts)])
+    return name if len(name) <= 100 else name[:90] + "-" + __import__("hashlib").sha256(name.encode()).hexdigest()[:8]
 
 
 def _seeds(text: str) -> tuple[int, int]:
@@ -500,6 +537,9 @@ def cmd_results(args) -> int:
     return 0
 
 
+PROBE_KEYS = ("layer", "cos", "update")  # what the report's probe section draws per layer
+
+
 def cmd_report(args) -> int:
     from autotaper.report import write_ladder_report, write_report
 
@@ -510,10 +550,12 @@ def cmd_report(args) -> int:
         if not src.is_file():
             raise ValueError(f"report: --ladder {args.ladder!r} does not exist (autotaper ladder writes "
                              f"runs/ladder/PREFIX/ladder.json)")
+        from autotaper._io import read_json
+
+        report = read_json(src, f"report: --ladder {args.ladder!r}", limit=64 * 2**20)
         try:
-            report = json.loads(src.read_text())
             path = write_ladder_report(report, args.out or src.with_suffix(".html"))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError, IndexError) as e:
             raise ValueError(f"report: --ladder {args.ladder!r} is not a ladder.json ({e!r})") from None
         print(f"report: {path}")
         return 0
@@ -523,7 +565,14 @@ def cmd_report(args) -> int:
         if not probe_file.is_file():
             raise ValueError(f"report: --probe {args.probe!r} has no probe.json (run `autotaper probe "
                              f"{args.probe}` first)")
-        probe = json.loads(probe_file.read_text())
+        from autotaper._io import read_json
+
+        probe = read_json(probe_file, f"report: --probe {args.probe!r}")
+        layers = probe.get("layers") if isinstance(probe, dict) else None
+        if not isinstance(layers, list) or not layers or not all(
+                isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in PROBE_KEYS) for r in layers):
+            raise ValueError(f"report: --probe {args.probe!r}: probe.json holds no per-layer rows with "
+                             f"{', '.join(PROBE_KEYS)} (rerun `autotaper probe {args.probe}`)")
     path = write_report(args.storage, args.study, args.out, probe=probe)
     print(f"report: {path}")
     if args.open:
@@ -543,9 +592,27 @@ def _positive(kind):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {_article(kind)} {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
         return value
+    return parse
+
+
+def _bounded(kind, low, high, *, low_open: bool = False):
+    """An argparse type: a finite `kind` in [low, high] ((low, high] with `low_open`)."""
+    import math
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {_article(kind)} {kind.__name__}, got {text!r}") from None
+        if not math.isfinite(value) or not (low < value if low_open else low <= value) or value > high:
+            show = (lambda v: f"{v:,}") if kind is int else (lambda v: f"{v:g}")
+            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{show(low)}, {show(high)}], "
+                                             f"got {text!r}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse
 
 
@@ -580,8 +647,8 @@ def _nonnegative(kind):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {_article(kind)} {kind.__name__}, got {text!r}") from None
-        if not value >= 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+        if not 0 <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
         return value
     return parse
 
@@ -661,10 +728,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, taper_required=False, preset_required=False)
     p.add_argument("--spec", help="train this spec file (from `autotaper plan --out`) instead of --preset/--taper")
     _add_train_args(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0, help="seed of the init and the batches (default 0)")
     p.add_argument("--out", help="run directory (default runs/train/...); an existing run resumes")
     p.add_argument("--tensorboard", metavar="DIR", help="also write the training metrics to TensorBoard in DIR")
-    p.add_argument("--ray-workers", type=int, default=0,
+    p.add_argument("--ray-workers", type=_bounded(int, 0, 4096), default=0,
                    help="train with DDP on this many Ray Train workers (TorchTrainer)")
     p.add_argument("--use-gpu", action="store_true", help="Ray Train workers take one GPU each")
     p.add_argument("--address", help="Ray cluster for --ray-workers (default: start one here)")
@@ -674,7 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "under several parametrizations, the part of its effect that is per-layer LR")
     _add_model_args(p, several_params=True)
     _add_train_args(p)
-    p.add_argument("--seeds", type=int, default=3, help="paired seeds (default 3)")
+    p.add_argument("--seeds", type=_bounded(int, 2, 1000), default=3, help="paired seeds (default 3, at least 2)")
     p.add_argument("--out", help="parent directory for the runs (default: none kept)")
     p.set_defaults(func=cmd_compare)
 
@@ -698,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_duration, help="plan trials to finish in this wall time: 600, 600s, 10m, 1.5h "
                    "(default: the space's search.budget)")
     p.add_argument("--no-confirm", action="store_true", help="skip the confirmation on fresh seeds")
-    p.add_argument("--sampler-seed", type=int, help="override the space's search.seed")
+    p.add_argument("--sampler-seed", type=_bounded(int, 0, 2**32 - 1), help="override the space's search.seed")
     ray = p.add_argument_group("ray backend")
     ray.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start one)")
     ray.add_argument("--cpus-per-trial", type=_positive(float), help="default: the space's search.cpus_per_trial (1)")
@@ -807,7 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory from `autotaper train --out`")
     p.add_argument("--data", help="validation data (default: the embedded corpus; give the run's own --data)")
     p.add_argument("--tokenizer", choices=["bytes", "bpe"], help="default: the run's")
-    p.add_argument("--windows", type=_positive(int), default=64, help="validation windows (default 64)")
+    p.add_argument("--windows", type=_bounded(int, 1, 100_000), default=64, help="validation windows (default 64)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--suggest", action="store_true",
                    help="also print a taper whose per-layer ratios follow the measured update norms")
@@ -822,6 +889,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _problem_lines(e: ValueError) -> str:
+    """A ValueError as the lines to print: one per problem when a validation found several
+    (`ProblemsError`), each naming its field and standing on its own."""
+    problems = getattr(e, "problems", None)
+    if not problems:
+        return f"autotaper: error: {e}"
+    return "\n".join(f"autotaper: error: {e.where}: {line}" for line in problems)
+
+
 def _version() -> str:
     from autotaper import __version__
 
@@ -830,16 +906,27 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    args = None
+
+    def say(text: str) -> None:  # an error, with every secret of the storage URLs in play masked
+        from autotaper.search.storage import scrub
+
+        urls = (getattr(args, "storage", None), os.environ.get("AUTOTAPER_STORAGE"), *(argv or sys.argv[1:]))
+        print(scrub(text, *urls), file=sys.stderr)
+
     try:
         args = parser.parse_args(argv)
         if getattr(args, "storage", "") is None and os.environ.get("AUTOTAPER_STORAGE"):
             args.storage, args.storage_from_env = os.environ["AUTOTAPER_STORAGE"], True  # keeps passwords off argv
         return int(args.func(args) or 0)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         return EXIT_USAGE
     except ValueError as e:
-        print(f"autotaper: error: {e}", file=sys.stderr)
+        say(_problem_lines(e))
+        return EXIT_USAGE
+    except RecursionError:
+        say("autotaper: error: input nested too deeply")
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("autotaper: interrupted", file=sys.stderr)
@@ -850,8 +937,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + 13  # the shell's status for a writer killed by SIGPIPE
-    except OSError as e:  # a checkpoint a full disk refused: what failed and what still stands
-        if type(e).__name__ != "CheckpointError":  # (matched by name: importing it would import torch)
+    except OSError as e:  # permission, a folder where a file goes, a full disk: the path and why, one line
+        if type(e).__name__ == "CheckpointError":  # what failed and what still stands (matched by name:
+            say(f"autotaper: error: {e.strerror}")  # importing it would import torch)
+            return 1
+        where = f"{e.filename}: " if e.filename else ""
+        say(f"autotaper: error: {where}{e.strerror or e}")
+        return 1
+    except MemoryError:
+        say("autotaper: error: out of memory (the input asks for more than this machine has)")
+        return 1
+    except RuntimeError as e:
+        if type(e).__name__ != "SearchStopped":
             raise
-        print(f"autotaper: error: {e.strerror}", file=sys.stderr)
+        say(f"autotaper: error: {e}")
         return 1

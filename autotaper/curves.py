@@ -92,6 +92,11 @@ class Cosine(ShapeCurve):
         return 0.5 * (1.0 + np.cos(np.pi * x))
 
 
+# Sharper than this is a step (sigmoid k) or a flat line with one late drop (power p); larger
+# values only overflow.
+MAX_SHAPE_OPTION = 1000.0
+
+
 class Sigmoid(ShapeCurve):
     name = "sigmoid"
     defaults = {"k": 10.0}
@@ -100,8 +105,8 @@ class Sigmoid(ShapeCurve):
         return 1.0 / (1.0 + np.exp(k * (x - 0.5)))
 
     def validate(self, start, end, k=10.0):
-        if not k > 0 or not math.isfinite(k):
-            raise ValueError(f"sigmoid option k must be a positive number, got {k}")
+        if not 0 < k <= MAX_SHAPE_OPTION:
+            raise ValueError(f"sigmoid option k must be in (0, {MAX_SHAPE_OPTION:g}], got {k}")
 
 
 class Power(ShapeCurve):
@@ -112,8 +117,8 @@ class Power(ShapeCurve):
         return 1.0 - x**p
 
     def validate(self, start, end, p=2.0):
-        if not p > 0 or not math.isfinite(p):
-            raise ValueError(f"power option p must be a positive number, got {p}")
+        if not 0 < p <= MAX_SHAPE_OPTION:
+            raise ValueError(f"power option p must be in (0, {MAX_SHAPE_OPTION:g}], got {p}")
 
 
 class Step(Curve):

@@ -25,10 +25,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autotaper._io import make_temp_dir
 from autotaper.spec import ModelSpec
 from autotaper.train.checkpoint import load_run
 
@@ -203,7 +203,7 @@ def export_hf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, 
     arch = plain_architecture(plain)
     config = _config(plain, arch)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".{out.name}-")
     try:
         config.save_pretrained(tmp)
         if arch is None:

@@ -123,7 +123,8 @@ def probe_run(run_dir: str | Path, data, *, windows: int = 64, batch_size: int =
     """Probe a run directory's latest checkpoint on `windows` validation windows of `data`;
     the result is also written to RUN_DIR/probe.json."""
     from autotaper.data.tokens import val_windows
-    from autotaper.train.checkpoint import atomic_write_text, load_run
+    from autotaper._io import atomic_write_text
+    from autotaper.train.checkpoint import load_run
 
     spec, model, step = load_run(run_dir, command="probe")
     data.check(vocab_size=spec.vocab_size, context_length=spec.context_length)

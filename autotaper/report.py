@@ -289,7 +289,7 @@ def _page(title: str, subtitle: str, parts: list[tuple[str, str, str]]) -> str:
 
 
 def write_ladder_report(report: dict, out: str | Path) -> Path:
-    from autotaper.train.checkpoint import atomic_write_text
+    from autotaper._io import atomic_write_text
 
     path = Path(out)
     atomic_write_text(path, ladder_report(report))
@@ -300,7 +300,7 @@ def write_ladder_report(report: dict, out: str | Path) -> Path:
 def write_report(storage: str | None, study_name: str, out: str | Path | None = None, *,
                  probe: dict | None = None) -> Path:
     """Write the report (default: beside the study, runs/search/STUDY/report.html)."""
-    from autotaper.train.checkpoint import atomic_write_text
+    from autotaper._io import atomic_write_text
 
     path = Path(out) if out else Path("runs") / "search" / study_name / "report.html"
     atomic_write_text(path, build_report(storage, study_name, probe=probe))

@@ -21,9 +21,20 @@ from typing import Any
 SPEC_FILE_REQUIRED = ("family", "vocab_size", "d_model", "n_layers", "n_heads", "ffn_width", "context_length")
 
 
+# Upper bounds far past any real transformer: a value beyond one is a typo or an attack, and
+# refusing it here keeps a 10^6-layer spec from building for a minute before running out of
+# memory (the memory estimate, `autotaper.memory`, then judges what remains).
+MAX_VOCAB = 2**22
+LIMITS = {"vocab_size": MAX_VOCAB, "n_layers": 10_000, "context_length": 2**22}
+MAX_WIDTH = 2**20  # d_model, heads, head_dim, ffn width
+
+
 def _positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    high = LIMITS.get(name.split("[")[0], MAX_WIDTH)
+    if value > high:
+        raise ValueError(f"{name} must be at most {high:,}, got {value:,}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,8 @@ class ModelSpec:
         if not isinstance(self.tie_embeddings, bool):
             raise ValueError(f"tie_embeddings must be true or false, got {self.tie_embeddings!r}")
         for name in ("rope_theta", "norm_eps"):
-            if not float(getattr(self, name)) > 0:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         defaults = {"layer_ffn": self.ffn_width, "layer_heads": self.n_heads,
                     "layer_kv_heads": self.n_kv_heads, "layer_d_model": self.d_model}
@@ -159,15 +171,10 @@ class ModelSpec:
     def save(self, path: str | Path) -> Path:
         """Write the spec as JSON, atomically (a temporary file, then a rename): the hand-off
         file `autotaper train --spec` reads."""
-        import os
-        import tempfile
+        from autotaper._io import atomic_write_text
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.to_json(indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, self.to_json(indent=1) + "\n")
         return path
 
     @classmethod
@@ -175,13 +182,10 @@ class ModelSpec:
         """Read a spec file; ValueError naming the file and the field for anything malformed.
         The shape fields are required: a spec file that left one out would otherwise train a
         default-sized model without a word."""
+        from autotaper._io import read_json
+
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"spec file {str(path)!r} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"spec file {str(path)!r}: not valid JSON ({e})") from None
+        data = read_json(path, f"spec file {str(path)!r}")
         if not isinstance(data, dict):
             raise ValueError(f"spec file {str(path)!r}: must hold a JSON object, got {type(data).__name__}")
         missing = [k for k in SPEC_FILE_REQUIRED if k not in data]

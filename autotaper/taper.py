@@ -56,6 +56,10 @@ def _parse_number(text: str, where: str) -> float:
     return value
 
 
+MAX_RATIO = 1000.0  # a layer 1000x the baseline's width: far past any taper worth training
+MAX_MULTIPLE = 2**20  # rounding multiple (m=): wider than any layer
+
+
 @dataclass(frozen=True)
 class DimTaper:
     """How one dimension varies with depth."""
@@ -83,6 +87,8 @@ class DimTaper:
         for name, value in (("start", self.start), ("end", self.end)):
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{where}.{name} must be a ratio > 0, got {format_number(value)}")
+            if value > MAX_RATIO:
+                raise ValueError(f"{where}.{name} must be a ratio of at most {MAX_RATIO:g}, got {format_number(value)}")
         if not curve.uses_endpoints or self.curve == "uniform":
             object.__setattr__(self, "start", 1.0)
             object.__setattr__(self, "end", 1.0)
@@ -96,7 +102,7 @@ class DimTaper:
                 raise ValueError(f"{where}.{key} must be finite, got {value}")
         if "m" in opts and self.dim == "lr":
             raise ValueError(f"{where}: the lr dimension has no rounding multiple (m=)")
-        if "m" in opts and (opts["m"] < 1 or opts["m"] != int(opts["m"])):
+        if "m" in opts and (opts["m"] < 1 or opts["m"] != int(opts["m"]) or opts["m"] > MAX_MULTIPLE):
             raise ValueError(f"{where}.m (rounding multiple) must be a positive integer, got "
                              f"{format_number(opts['m'])}")
         # Options equal to their defaults are dropped so equal tapers compare and print equal.
@@ -104,7 +110,10 @@ class DimTaper:
                             if k == "m" or not _same(v, curve.defaults.get(k))))
         object.__setattr__(self, "options", kept)
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
-        curve.validate(self.start, self.end, **self.curve_options)
+        try:
+            curve.validate(self.start, self.end, **self.curve_options)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
 
     @property
     def curve_options(self) -> dict[str, float]:

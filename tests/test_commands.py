@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -94,7 +95,9 @@ def test_search_overrides_reach_the_study(corpus, tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(micro_space(corpus, name="over")))
     assert main(["search", "--space", "s.yaml", "--preset", "tiny", "--family", "gpt", "--steps", "6",
                  "--seeds", "2", "--n-trials", "2", "--sampler-seed", "7", "--no-confirm", "--quiet"]) == 0
-    study = optuna.load_study(study_name="over", storage="sqlite:///runs/search/over/study.db")
+    # its own study, named by the overrides: the space's own study ("over") stays the space's
+    assert not Path("runs/search/over").exists()
+    study = optuna.load_study(study_name="over-gpt-6steps", storage="sqlite:///runs/search/over-gpt-6steps/study.db")
     proxy = study.user_attrs[SPACE_ATTR]["proxy"]
     assert (proxy["family"], proxy["steps"], proxy["seeds"]) == ("gpt", 6, 2)
     assert all(t.user_attrs.get("steps_trained", 0) in (0, 6, 12) for t in study.trials)

@@ -107,10 +107,26 @@ def resolve_text_files(source: str) -> list[Path]:
             raise ValueError(f"data: directory {source!r} holds no text files "
                              f"({', '.join(sorted(TEXT_SUFFIXES))})")
         return paths
-    return [path]
+    from autotaper._io import regular_file
+
+    return [regular_file(path, "data", limit=None)]  # not a FIFO or a device: they never end
+
+
+def check_size(paths: list[Path], source: str) -> None:
+    """Refuse text that could not be tokenised in this machine's memory (the documents, their
+    tokens and the tokenizer's work: about 8 bytes of memory per byte of text), before reading."""
+    from autotaper.memory import available_bytes
+
+    total = sum(p.stat().st_size for p in paths)
+    have = available_bytes("cpu")
+    if have is not None and total * TEXT_MEMORY_FACTOR > have:
+        raise ValueError(f"data: {source!r} holds {total / 2**30:,.1f} GiB of text; tokenising it here needs about "
+                         f"{total * TEXT_MEMORY_FACTOR / 2**30:,.0f} GiB and this machine has {have / 2**30:,.1f} "
+                         f"GiB: tokenise it elsewhere into a .bin/.npy token file")
 
 
 SKIP_SHOWN = 3  # skipped files named in the summary line
+TEXT_MEMORY_FACTOR = 8
 
 
 def file_documents(paths: list[Path], *, strict: bool = False,
@@ -156,7 +172,12 @@ def hf_documents(location: str, column: str = "text") -> Iterator[tuple[str, byt
     try:
         ds = datasets.load_from_disk(location)
     except FileNotFoundError:
-        ds = datasets.load_dataset(location)
+        try:
+            ds = datasets.load_dataset(location)
+        except Exception as e:  # noqa: BLE001 - datasets raises many kinds for a folder it cannot read
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ValueError(f"data: hf:{location} is neither a saved dataset (save_to_disk) nor one "
+                             f"load_dataset reads ({first})") from None
     if isinstance(ds, datasets.DatasetDict):
         splits = [(name, ds[name]) for name in sorted(ds)]
     else:

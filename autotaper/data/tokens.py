@@ -14,16 +14,16 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from autotaper.data.corpus import (SKIP_SHOWN, SPLIT_VERSION, file_documents, hf_documents, resolve_text_files,
+from autotaper.data.corpus import (SKIP_SHOWN, SPLIT_VERSION, check_size, file_documents, hf_documents, resolve_text_files,
                                    skipped_summary, split_documents, stdlib_documents, stdlib_files)
 from autotaper.data.tokenizer import BPETokenizer, ByteTokenizer
+from autotaper.spec import MAX_VOCAB
 
 DEFAULT_BPE_VOCAB = 4096
 TOKEN_SUFFIXES = (".bin", ".npy")
@@ -123,6 +123,7 @@ def load_data(source: str | None = None, *, tokenizer: str = "bytes", vocab_size
         name, docs = f"hf:{source[3:]}", list(hf_documents(source[3:], hf_column))
     else:
         paths = resolve_text_files(str(source))
+        check_size(paths, str(source))
         name, docs = str(source), list(file_documents(paths, strict=strict, skipped=skipped))
         if skipped and not docs:
             first, why = skipped[0]
@@ -143,7 +144,7 @@ def load_data(source: str | None = None, *, tokenizer: str = "bytes", vocab_size
     if not (target / "manifest.json").exists():
         _build(target, name, docs, content, tokenizer, vocab, extra)
     if stamp_file is not None:
-        from autotaper.train.checkpoint import atomic_write_text
+        from autotaper._io import atomic_write_text
 
         atomic_write_text(stamp_file, key)
     return _open(target)
@@ -180,7 +181,9 @@ def _stamp_file(root: Path, source: str | None, suffix: str) -> Path | None:
 def _build(target: Path, name: str, docs, content: str, tokenizer: str, vocab: int, extra: dict) -> None:
     train_docs, val_docs = split_documents(docs)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    from autotaper._io import make_temp_dir
+
+    tmp = make_temp_dir(target.parent, target.name + ".")
     try:
         if tokenizer == "bytes":
             tok = ByteTokenizer()
@@ -224,14 +227,18 @@ def _open(target: Path) -> TokenData:
 
 
 def _read_tokens(path: Path) -> np.ndarray:
-    if not path.exists():
-        raise ValueError(f"data: token file {str(path)!r} does not exist")
+    from autotaper._io import regular_file
+
+    regular_file(path, "data", limit=None)  # not a folder named x.bin, a FIFO or a device
     if path.suffix == ".npy":
         arr = np.load(path, mmap_mode="r")
         if arr.ndim != 1 or arr.dtype.kind not in "iu":
             raise ValueError(f"data: {str(path)!r} must hold a 1-D integer array, got {arr.dtype} {arr.shape}")
         if arr.size and int(arr.min()) < 0:
             raise ValueError(f"data: {str(path)!r} holds negative token ids")
+        if arr.size and int(arr.max()) >= MAX_VOCAB:
+            raise ValueError(f"data: {str(path)!r} holds token id {int(arr.max()):,}, over the largest vocabulary "
+                             f"a model may have ({MAX_VOCAB:,})")
         return arr
     if path.stat().st_size % 2:
         raise ValueError(f"data: {str(path)!r} is not a uint16 token file (odd byte length)")

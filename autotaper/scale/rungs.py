@@ -211,7 +211,9 @@ def parse_ladder(raw: Any, *, where: str = "ladder") -> LadderConfig:
     ttpp = _number(f"{where}.target_tokens_per_param", raw.get("target_tokens_per_param",
                                                                  DEFAULT_TARGET_TOKENS_PER_PARAM), problems)
     if problems:
-        raise ValueError(f"{where}: {len(problems)} problem(s): " + "; ".join(problems))
+        from autotaper.search.space import ProblemsError
+
+        raise ProblemsError(where, problems)
     return LadderConfig(rungs=tuple(rungs), rules=rules, target=target, target_tokens_per_param=ttpp,
                         top_k=top_k, seeds=seeds, budget_s=budget_s, n_trials=n_trials,
                         probe_tokens_per_param=probe_tpp)

@@ -202,8 +202,10 @@ def calibrate(space: BaseSpace, *, storage: str | None = None, study_name: str |
     """`autotaper calibrate`: measure (or read) the noise floor of a space's proxy, in the
     study a search of the space uses. Returns (calibration, study name, storage URL)."""
     from autotaper.search.engine import check_corpus, open_study
+    from autotaper.search.preflight import preflight
 
-    study, url = open_study(space, storage=storage, study_name=study_name)
-    data = space.proxy.load_data()
+    ready = preflight(space, storage=storage, study_name=study_name)  # before anything is stored
+    study, url = open_study(space, storage=ready.url, study_name=ready.name)
+    data = ready.data
     check_corpus(study, data)
     return measure_noise(study, space, data, lrs=lrs, quiet=quiet, refresh=refresh), study.study_name, url

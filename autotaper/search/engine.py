@@ -29,6 +29,7 @@ CORPUS_ATTR = "autotaper/corpus"
 # Where the data comes from may differ between workers (paths, --strict-data); what it is
 # (CORPUS_ATTR) may not.
 LOCAL_PROXY_FIELDS = ("data", "strict_data")
+INTERRUPTED_REASONS = ("worker process", "lease expired")  # `storage.fail_dead_trials`: retried, not counted
 
 
 def make_sampler(space: BaseSpace, *, worker: int = 0, workers: int = 1):
@@ -90,10 +91,30 @@ def open_study(space: BaseSpace, *, storage: str | None, study_name: str | None,
         study.set_user_attr(SPACE_ATTR, identity)
     elif _comparable(_older(stored, identity)) != _comparable(identity):
         stored, identity = _comparable(_older(stored, identity)), _comparable(identity)
-        diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
         raise ValueError(f"study {name!r} in {mask_url(url)} was created from a different space or proxy "
-                         f"({', '.join(diff)} differ); pick a new --study name")
+                         f"({identity_diff(stored, identity)}); pick a new --study name")
     return study, url
+
+
+def identity_diff(stored: dict, given: dict) -> str:
+    """The fields in which two study identities differ, with the stored and the given value."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(stored), flat(given)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+    def short(v) -> str:
+        text = repr(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return "; ".join(f"{k}: stored {short(a.get(k))}, given {short(b.get(k))}" for k in keys[:6]) + \
+        (f"; and {len(keys) - 6} more" if len(keys) > 6 else "")
 
 
 def _comparable(identity: dict) -> dict:
@@ -178,10 +199,70 @@ def add_references(study, space: BaseSpace, baselines: dict[int, dict], metric: 
         study.enqueue_trial(params, user_attrs={"enqueued": PAPER_DEFAULT}, skip_if_exists=True)
 
 
-def finished(study) -> int:
+def failed_by_error(trial) -> bool:
+    """A trial that failed on its own: its candidate or its training raised. Trials that only
+    yielded to a running twin, or whose worker died (retried by a new trial), are not."""
     from optuna.trial import TrialState
 
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    a = trial.user_attrs
+    return (trial.state == TrialState.FAIL and a.get("status") == "failed"
+            and not str(a.get("reason", "")).startswith(INTERRUPTED_REASONS))
+
+
+def finished(study) -> int:
+    """Trials that count towards n_trials: complete, pruned, and failed by an error (a failing
+    candidate counts, so a search of candidates that all fail ends)."""
+    from optuna.trial import TrialState
+
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or failed_by_error(t))
+
+
+class SearchStopped(RuntimeError):
+    """Trials failed `stop_after_failures` times in a row: the fault is not the candidates'."""
+
+
+def failure_streak(study) -> tuple[int, str | None]:
+    """How many of the last finished trials failed by an error in a row, and their most
+    common reason."""
+    from collections import Counter
+
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() and t.user_attrs.get("status") not in ("reference", "duplicate")
+            and (t.state != TrialState.FAIL or failed_by_error(t))]
+    done.sort(key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
+    streak = []
+    for t in reversed(done):
+        if not failed_by_error(t):
+            break
+        streak.append(str(t.user_attrs.get("reason") or "no reason recorded"))
+    if not streak:
+        return 0, None
+    reason, _ = Counter(streak).most_common(1)[0]
+    return len(streak), reason
+
+
+def check_failures(study, space: BaseSpace) -> None:
+    """Raise SearchStopped when the last `search.stop_after_failures` trials all failed."""
+    limit = space.settings.stop_after_failures
+    n, reason = failure_streak(study)
+    if limit and n >= limit:
+        raise SearchStopped(f"search stopped: the last {n} trials of study {study.study_name!r} failed "
+                            f"(search.stop_after_failures is {limit}); most common reason: {reason}")
+
+
+class StopRule:
+    """An Optuna callback: stop once `n_trials` count (`finished`) or the last
+    `stop_after_failures` trials failed."""
+
+    def __init__(self, n_trials: int, stop_after_failures: int):
+        self.n_trials, self.limit = n_trials, stop_after_failures
+
+    def __call__(self, study, trial) -> None:
+        if finished(study) >= self.n_trials or (self.limit and failure_streak(study)[0] >= self.limit):
+            study.stop()
 
 
 @dataclass
@@ -230,7 +311,6 @@ def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout:
     study and the data, so that a worker slower to start does not find the trials all taken."""
     import threading
 
-    import optuna
     import torch
 
     torch.set_num_threads(threads)
@@ -238,14 +318,13 @@ def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout:
     data = space.proxy.load_data()
     check_corpus(study, data)
     objective = TaperObjective(space, data, StudyStore(study))
-    stop = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                            optuna.trial.TrialState.PRUNED))
+    stop = StopRule(n_trials, space.settings.stop_after_failures)
     if ready is not None:
         try:
             ready.wait(timeout=START_WAIT_S)
         except threading.BrokenBarrierError:  # another worker failed to start or is slow: go on alone
             pass
-    if finished(study) >= n_trials:
+    if finished(study) >= n_trials or stop.limit and failure_streak(study)[0] >= stop.limit:
         return
     study.optimize(objective, timeout=timeout, catch=(Exception,), callbacks=[stop])  # no gc: see run_search
 
@@ -273,11 +352,14 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     started = time.time()
-    study, url = open_study(space, storage=storage, study_name=study_name, workers=workers)
+    from autotaper.search.preflight import preflight
+
+    ready = preflight(space, storage=storage, study_name=study_name, workers=workers)  # before anything is stored
+    study, url = open_study(space, storage=ready.url, study_name=ready.name, workers=workers)
     dead = fail_dead_trials(study)
     if dead:
         say(f"marked {len(dead)} interrupted trial(s) failed: {dead}")
-    data = space.proxy.load_data()
+    data = ready.data
     check_corpus(study, data)
     p = space.proxy
     seeds = f"{p.seeds}..{p.max_seeds} seeds (racing)" if p.racing else f"{p.seeds} seeds"
@@ -301,11 +383,9 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
     progress = Progress(study, n_trials, quiet=quiet)
     cores = os.cpu_count() or 1
     if workers == 1:
-        import optuna
 
         objective = TaperObjective(space, data, StudyStore(study))
-        stop = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                                optuna.trial.TrialState.PRUNED))
+        stop = StopRule(n_trials, space.settings.stop_after_failures)
         if finished(study) < n_trials:
             # No full gc.collect() after each trial (Optuna's gc_after_trial, ~0.25 s a trial with
             # torch loaded): a trial's models and tensors are freed by reference counting, never
@@ -337,6 +417,7 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
         if bad:
             raise RuntimeError(f"{len(bad)} search worker(s) exited with status {bad}")
     progress.close()
+    check_failures(study, space)
     confirmation = finish_search(study, space, data, confirm=confirm, say=say, quiet=quiet)
     return SearchSummary(study.study_name, url, len(study.get_trials(deepcopy=False)), time.time() - started,
                          calibration=cal.to_dict(), plan=plan.text(), confirmation=confirmation)

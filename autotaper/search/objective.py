@@ -53,15 +53,14 @@ class DuplicateCandidate(RuntimeError):
     ignore failed trials, and they do not count towards n_trials), so its worker samples again."""
 
 
-_YIELDED: set[int] = set()  # trial numbers of this process that yielded, for the log filter
-
-
 class _QuietYields(logging.Filter):
-    """Optuna logs each failed trial as a warning; a yielded duplicate is not a failure."""
+    """Optuna logs each failed trial as a warning with its traceback; a yielded duplicate is
+    not a failure, and a failure's reason is already in the trial."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        m = re.match(r"Trial (\d+) failed", record.getMessage())
-        return not (m and int(m.group(1)) in _YIELDED)
+        # A failed trial's reason is stored in it and printed once, on one line, by the search's
+        # progress (`progress.Progress`): Optuna's two warnings and its traceback would repeat it.
+        return not re.match(r"Trial (\d+) failed", record.getMessage())
 
 
 logging.getLogger("optuna.study._optimize").addFilter(_QuietYields())
@@ -350,7 +349,12 @@ class TaperObjective:
         started = time.perf_counter()
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
-        prep = self.prepare(trial)
+        try:
+            prep = self.prepare(trial)
+        except Exception as e:  # a candidate the space could not build: FAIL with the reason
+            trial.set_user_attr("status", "failed")
+            trial.set_user_attr("reason", one_line(e))
+            raise
         if prep.infeasible:
             return self.value(INFEASIBLE_PENALTY, 0.0)
         key = trial.user_attrs["spec_key"]
@@ -385,7 +389,6 @@ class TaperObjective:
         space is exhausted waits for the running trials instead of spinning."""
         trial.set_user_attr("status", "duplicate")
         trial.set_user_attr("duplicate_of", other)
-        _YIELDED.add(trial.number)
         self._yields += 1
         time.sleep(min(5.0, 0.1 * 2 ** self._yields))
         raise DuplicateCandidate(f"trial {trial.number} proposed the spec trial {other} is evaluating")

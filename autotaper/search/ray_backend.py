@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from autotaper.search.cluster import check_versions, connect
-from autotaper.search.engine import (SearchSummary, add_references, check_corpus, finish_search, finished, open_study,
+from autotaper.search.engine import (SearchSummary, add_references, check_corpus, check_failures, finish_search, finished, open_study,
                                      prepare_search)
 from autotaper.search.objective import (INFEASIBLE_PENALTY, MemoryStore, TaperObjective, ensure_baselines,
                                         metric_key, one_line, running_twin)
@@ -250,8 +250,11 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
                          f"{cpus_per_trial} and {gpus_per_trial}")
     n_trials = n_trials or space.settings.n_trials
     started = time.time()
-    study, url = open_study(space, storage=storage, study_name=study_name)
-    data = space.proxy.load_data()
+    from autotaper.search.preflight import preflight
+
+    ready = preflight(space, storage=storage, study_name=study_name)  # before anything is stored
+    study, url = open_study(space, storage=ready.url, study_name=ready.name)
+    data = ready.data
     check_corpus(study, data)
     # Ray's own default place, outside any job working directory (which Ray may clean up
     # while a `ray job submit` driver still runs).
@@ -333,6 +336,8 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
                 tuner.fit()  # the leaderboard reads the study, not the ResultGrid (constraints, early stops)
                 if searcher.in_flight() or finished(study) == before:  # interrupted, or no progress
                     break
+                check_failures(study, space)
+            check_failures(study, space)
             confirmation = finish_search(study, space, data, confirm=confirm, say=say, quiet=quiet)
     finally:
         if ours:

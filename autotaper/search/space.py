@@ -46,6 +46,16 @@ SHAPE_KEYS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_w
 PAPER_DEFAULT = "ffn:cosine:1.5:0.5"
 CONFIRM_SEED_BASE = 1000  # confirmation trains on seeds 1000, 1001, ...: never a search's
 MAX_SEARCH_SEEDS = CONFIRM_SEED_BASE
+MAX_STEPS = 10_000_000
+MAX_SEED = 2**32 - 1  # what numpy and torch take as a seed
+
+
+class ProblemsError(ValueError):
+    """Every problem a validation found, each a line naming its field and value."""
+
+    def __init__(self, where: str, problems: list[str]):
+        self.where, self.problems = where, list(problems)
+        super().__init__(f"{where}: {len(problems)} problem(s): " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -163,35 +173,41 @@ class Proxy:
         for name in ("compile", "strict_data"):
             if not isinstance(getattr(self, name), bool):
                 out.append(f"proxy.{name}: must be true or false, got {getattr(self, name)!r}")
-        for name in ("steps", "batch_size", "seeds"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                out.append(f"proxy.{name}: must be a positive integer, got {v!r}")
+        for name, high in (("steps", MAX_STEPS), ("batch_size", 2**20), ("seeds", MAX_SEARCH_SEEDS)):
+            found = _number_problem(f"proxy.{name}", getattr(self, name), low=1, high=high, integer=True)
+            if found:
+                out.append(found)
         if self.seeds_max is not None and (isinstance(self.seeds_max, bool) or not isinstance(self.seeds_max, int)
                                            or self.seeds_max < (self.seeds if isinstance(self.seeds, int) else 1)):
             out.append(f"proxy.seeds.max: must be an integer >= seeds.min ({self.seeds!r}), got {self.seeds_max!r}")
         elif isinstance(self.seeds, int) and self.max_seeds > MAX_SEARCH_SEEDS:
             out.append(f"proxy.seeds: at most {MAX_SEARCH_SEEDS} (seeds from {CONFIRM_SEED_BASE} on are kept "
                        f"for confirmation), got {self.max_seeds}")
-        if self.eval_every is not None and (not isinstance(self.eval_every, int) or self.eval_every < 1):
-            out.append(f"proxy.eval_every: must be a positive integer, got {self.eval_every!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            out.append(f"proxy.lr: must be > 0, got {self.lr!r}")
+        for name, value, high in (("eval_every", self.eval_every, MAX_STEPS), ("vocab_size", self.vocab_size, 2**16)):
+            if value is not None:
+                found = _number_problem(f"proxy.{name}", value, low=1 if name == "eval_every" else 2, high=high,
+                                        integer=True)
+                if found:
+                    out.append(found + (" (tokens are stored as uint16)" if name == "vocab_size" else ""))
+        for found in (_number_problem("proxy.lr", self.lr, low=0, high=1e4, low_open=True),
+                      _number_problem("proxy.tolerance", self.tolerance, low=0, high=0.5)):
+            if found:
+                out.append(found)
         if not _one_of(self.constraint, CONSTRAINTS):
             out.append(f"proxy.constraint: must be one of {', '.join(CONSTRAINTS)}, got {self.constraint!r}")
-        if not (isinstance(self.tolerance, (int, float)) and self.tolerance >= 0):
-            out.append(f"proxy.tolerance: must be >= 0, got {self.tolerance!r}")
         if not _one_of(self.tokenizer, ("bytes", "bpe")):
             out.append(f"proxy.tokenizer: must be bytes or bpe, got {self.tokenizer!r}")
         if not _one_of(self.precision, PRECISIONS):
             out.append(f"proxy.precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not _one_of(self.schedule, SCHEDULES):
             out.append(f"proxy.schedule: must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.data is not None and not isinstance(self.data, str):
-            out.append(f"proxy.data: must be a path, glob or hf:PATH, got {self.data!r}")
-        elif self.data is not None and not self.data.startswith("hf:") and not any(c in self.data for c in "*?["):
-            if not Path(self.data).exists():
-                out.append(f"proxy.data: path {self.data!r} does not exist")
+        if self.data is not None and (not isinstance(self.data, str) or not self.data.strip()):
+            out.append(f"proxy.data: must be a path, glob or hf:PATH (leave it out for the embedded corpus), "
+                       f"got {self.data!r}")
+        elif self.data is not None and not any(c in self.data for c in "*?["):
+            found = _path_problem(self.data[3:] if self.data.startswith("hf:") else self.data)
+            if found:
+                out.append(f"proxy.data: {found}")
         return out
 
     def shape_problems(self) -> list[str]:
@@ -255,6 +271,9 @@ class Settings:
     confirm: Confirm = Confirm()
     budget_s: float | None = None  # wall-clock plan for the whole search (calibration, trials, confirmation)
     suggest_from_probe: bool = False  # confirm the probe's suggestion too (`autotaper.probe.suggest`)
+    # this many trials failing in a row stop the search (the input or the machine is at fault,
+    # not the candidate); 0 never stops
+    stop_after_failures: int = 5
 
     def problems(self) -> list[str]:
         out = []
@@ -262,23 +281,31 @@ class Settings:
             out.append(f"search.sampler: unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
         if not _one_of(self.pruner, PRUNERS):
             out.append(f"search.pruner: unknown pruner {self.pruner!r} (known: {', '.join(PRUNERS)})")
-        if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1:
-            out.append(f"search.n_trials: must be a positive integer, got {self.n_trials!r}")
+        for found in (_number_problem("search.n_trials", self.n_trials, low=1, high=1_000_000, integer=True),
+                      None if self.seed is None else
+                      _number_problem("search.seed", self.seed, low=0, high=MAX_SEED, integer=True)):
+            if found:
+                out.append(found)
         objs = list(self.objectives)
         if not objs or objs[0] != "bpb" or any(o not in OBJECTIVES for o in objs) or len(set(objs)) != len(objs):
             out.append(f"search.objectives: must be [bpb] or [bpb, tokens_per_s], got {objs!r}")
         if not isinstance(self.suggest_from_probe, bool):
             out.append(f"search.suggest_from_probe: must be true or false, got {self.suggest_from_probe!r}")
-        if not (isinstance(self.cpus_per_trial, (int, float)) and self.cpus_per_trial > 0):
-            out.append(f"search.cpus_per_trial: must be > 0, got {self.cpus_per_trial!r}")
-        if not (self.gpus_per_trial == "auto" or (isinstance(self.gpus_per_trial, (int, float))
-                                                   and not isinstance(self.gpus_per_trial, bool)
-                                                   and self.gpus_per_trial >= 0)):
-            out.append(f"search.gpus_per_trial: must be >= 0 or auto, got {self.gpus_per_trial!r}")
+        found = _number_problem("search.cpus_per_trial", self.cpus_per_trial, low=0, high=4096, low_open=True)
+        if found:
+            out.append(found)
+        if self.gpus_per_trial != "auto" and _number_problem("", self.gpus_per_trial, low=0, high=64):
+            out.append(f"search.gpus_per_trial: must be a number in [0, 64] or auto, got {self.gpus_per_trial!r}")
         if not isinstance(self.reuse_actors, bool):
             out.append(f"search.reuse_actors: must be true or false, got {self.reuse_actors!r}")
-        if self.max_concurrent is not None and (not isinstance(self.max_concurrent, int) or self.max_concurrent < 1):
-            out.append(f"search.max_concurrent: must be a positive integer, got {self.max_concurrent!r}")
+        if self.max_concurrent is not None:
+            found = _number_problem("search.max_concurrent", self.max_concurrent, low=1, high=100_000, integer=True)
+            if found:
+                out.append(found)
+        if not isinstance(self.stop_after_failures, int) or isinstance(self.stop_after_failures, bool) \
+                or not 0 <= self.stop_after_failures <= 1_000_000:
+            out.append(f"search.stop_after_failures: must be an integer >= 0 (0: never stop), "
+                       f"got {self.stop_after_failures!r}")
         out += self.confirm.problems()
         if len(objs) > 1 and self.sampler in ("gp", "cmaes", "grid"):
             out.append(f"search.sampler: {self.sampler} is single-objective; use tpe or nsga2 with {objs}")
@@ -393,21 +420,46 @@ def _knob(name: str, raw: Any, problems: list[str], *, numeric: bool = True, int
         if low == high:
             problems.append(f"{name}: empty range, low == high == {low} (write the value itself to fix it)")
             return None
-        log = bool(raw.get("log", False))
+        log = raw.get("log", False)
+        if not isinstance(log, bool):
+            problems.append(f"{name}.log: must be true or false, got {log!r}")
+            return None
         if log and low <= 0:
             problems.append(f"{name}: a log range needs low > 0, got {low}")
             return None
-        return Knob(name, low=float(low), high=float(high), log=log, step=raw.get("step"), integer=integer)
+        step = raw.get("step")
+        if step is not None:
+            found = _number_problem(f"{name}.step", step, low=0, high=high - low, low_open=True, integer=integer)
+            if found or log:
+                problems.append(found or f"{name}: step and log do not go together (Optuna samples one or the other)")
+                return None
+        if integer and not all(isinstance(v, int) or float(v).is_integer() for v in (low, high)):
+            problems.append(f"{name}: an integer range needs integer low and high, got {low!r} and {high!r}")
+            return None
+        return Knob(name, low=float(low), high=float(high), log=log, step=step, integer=integer)
     if isinstance(raw, list):
         if not raw:
             problems.append(f"{name}: empty list of choices")
             return None
-        if numeric and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
-            problems.append(f"{name}: choices must be numbers, got {raw!r}")
+        if numeric and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                               for v in raw):
+            problems.append(f"{name}: choices must be finite numbers, got {raw!r}")
+            return None
+        if not numeric and not all(isinstance(v, str) for v in raw):
+            problems.append(f"{name}: choices must be names, got {raw!r}")
+            return None
+        if integer and not all(float(v).is_integer() for v in raw):
+            problems.append(f"{name}: choices must be integers, got {raw!r}")
             return None
         return Knob(name, choices=tuple(raw))
-    if numeric and (not isinstance(raw, (int, float)) or isinstance(raw, bool)):
-        problems.append(f"{name}: must be a number, a list or a {{low, high}} range, got {raw!r}")
+    if numeric and (not isinstance(raw, (int, float)) or isinstance(raw, bool) or not math.isfinite(raw)):
+        problems.append(f"{name}: must be a finite number, a list or a {{low, high}} range, got {raw!r}")
+        return None
+    if not numeric and not isinstance(raw, str):
+        problems.append(f"{name}: must be a name or a list of names, got {raw!r}")
+        return None
+    if integer and not float(raw).is_integer():
+        problems.append(f"{name}: must be an integer, got {raw!r}")
         return None
     return Knob(name, fixed=raw)
 
@@ -483,6 +535,39 @@ class YamlSpace(BaseSpace):
     def identity(self) -> dict[str, Any]:
         return {"name": self.name, "proxy": self.proxy.to_dict(),
                 "taper": self.source.get("taper"), "train": self.source.get("train")}
+
+
+def _path_problem(path: str) -> str | None:
+    """Why a data path cannot be read (missing, or not a regular file or folder), or None."""
+    import stat
+
+    from autotaper._io import kind
+
+    try:
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        return f"path {path!r} does not exist"
+    except OSError as e:
+        return f"path {path!r} cannot be read ({e.strerror})"
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return f"path {path!r} is {kind(mode)}, not a file or folder"
+    return None
+
+
+def _number_problem(field: str, value: Any, *, low: float, high: float, integer: bool = False,
+                    low_open: bool = False) -> str | None:
+    """A problem line when `value` is not a number in [low, high] ((low, high] with
+    `low_open`), an integer with `integer`; None when it is. Booleans and non-finite
+    numbers are never numbers here."""
+    kinds = (int,) if integer else (int, float)
+    ok = (isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+          and (low < value if low_open else low <= value) and value <= high)
+    if ok:
+        return None
+    what = "an integer" if integer else "a number"
+    show = (lambda v: f"{v:,}") if integer else (lambda v: f"{v:g}")
+    interval = f"{'(' if low_open else '['}{show(low)}, {show(high)}]"
+    return f"{field}: must be {what} in {interval}, got {value!r}"
 
 
 def _one_of(value: Any, options) -> bool:
@@ -622,7 +707,7 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
         if space.grid() is None:
             problems.append("search.sampler: grid needs every knob fixed or a list of values, not a range")
     if problems:
-        raise ValueError(f"space {name}: {len(problems)} problem(s): " + "; ".join(problems))
+        raise ProblemsError(f"space {name}", problems)
     return YamlSpace(name=str(data.get("name") or name), proxy=proxy, settings=settings, dims=dims, train=train,
                      source=data)
 
@@ -647,20 +732,48 @@ def _ratio_problems(dim: str, knobs: dict[str, Knob]) -> list[str]:
     for key in ("early", "late"):
         if key in knobs and any(isinstance(v, (int, float)) and not 0 <= v <= 1 for v in knobs[key].values()):
             out.append(f"taper.{dim}.{key}: a fraction of depth must lie in [0, 1], got {knobs[key].values()}")
+    if not out and "curve" in knobs:
+        out += _extreme_problems(dim, knobs)
     return out
 
 
+def _extreme_problems(dim: str, knobs: dict[str, Knob]) -> list[str]:
+    """Every curve of the knob at the ends of every range, built as a taper: a value the taper
+    grammar refuses (a ratio over MAX_RATIO, a sigmoid k past its bound, ...) is refused here,
+    before a search whose trials would all fail."""
+    import itertools
+
+    if "strength" in knobs:
+        a_vals = knobs["asymmetry"].values() if "asymmetry" in knobs else [0.0]
+        pairs = [(1 + st + a, 1 - st + a) for st in knobs["strength"].values() for a in a_vals]
+    elif "start" in knobs and "end" in knobs:
+        pairs = list(itertools.product(knobs["start"].values(), knobs["end"].values()))
+    else:
+        pairs = [(1.0, 1.0)]
+    from autotaper.curves import curve_names
+
+    for curve in knobs["curve"].values():
+        if curve == "uniform" or curve not in curve_names():  # an unknown curve is reported on its own
+            continue
+        keys = [k for k in CURVE_OPTIONS.get(curve, ()) if k in knobs] + (["multiple"] if "multiple" in knobs else [])
+        for start, end in pairs:
+            for combo in itertools.product(*(knobs[k].values() for k in keys)):
+                options = tuple(("m" if k == "multiple" else k, float(v)) for k, v in zip(keys, combo))
+                try:
+                    DimTaper(dim, curve, round(float(start), 3), round(float(end), 3), options=options)
+                except (ValueError, TypeError) as e:
+                    return [f"taper.{dim}: {e} (curve {curve}, start {start:g}, end {end:g}"
+                            + "".join(f", {k} {v:g}" for k, v in options) + ")"]
+    return []
+
+
 def read_space_file(path: str | Path) -> Any:
-    """The YAML of a space file, with one-line errors for a missing file or bad YAML."""
-    import yaml
+    """The YAML of a space file: a regular file of at most 1 MB, without duplicate keys, deep
+    nesting or alias bombs (`autotaper._io.load_yaml`); one-line errors otherwise."""
+    from autotaper._io import load_yaml, read_text
 
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"space: file {str(path)!r} does not exist")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"space {path.name}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return load_yaml(read_text(path, "space", limit=2**20), f"space {path.name}")
 
 
 def load_space(path: str | Path, *, overrides: dict[str, Any] | None = None) -> YamlSpace:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -39,8 +40,23 @@ RETRY_S = float(os.environ.get("AUTOTAPER_STORAGE_RETRY_S", 600))  # how long a 
 _CREATE_RACE = ("already exists", "UniqueViolation", "duplicate key", "UNIQUE constraint failed", "database is locked")
 
 
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_study_name(name, field: str = "--study") -> str:
+    """`name` if it is a study name: letters, digits, '.', '_' and '-', at most 100, starting
+    with a letter or digit, never a path (it names a folder under runs/search/). InputError
+    naming `field` otherwise; the name is shown escaped (no raw terminal control codes)."""
+    from autotaper._io import InputError
+
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise InputError(f"{field}: {name!r} is not a study name (letters, digits, '.', '_' and '-', up to 100, "
+                         "starting with a letter or digit; never a path)")
+    return name
+
+
 def default_location(study: str, *, workers: int = 1, root: Path = DEFAULT_ROOT) -> str:
-    folder = root / study
+    folder = root / check_study_name(study)
     if (folder / "journal.log").exists():
         return f"journal:{folder / 'journal.log'}"
     if (folder / "study.db").exists() or workers <= 1:
@@ -48,9 +64,56 @@ def default_location(study: str, *, workers: int = 1, root: Path = DEFAULT_ROOT)
     return f"journal:{folder / 'journal.log'}"
 
 
+def storage_file(url: str) -> Path | None:
+    """The local file of a journal or SQLite URL (None for a server URL)."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):])
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    if "://" not in url and url.endswith((".log", ".journal", ".jsonl", ".db", ".sqlite", ".sqlite3")):
+        return Path(url)
+    return None
+
+
+def check_storage(url, field: str = "--storage") -> str:
+    """`url` if autotaper can open it; InputError naming `field` otherwise: an unsupported
+    scheme, or a local file that is a folder, a FIFO or a device, or whose parent is a file.
+    Checks only: nothing is created."""
+    import stat
+
+    from autotaper._io import InputError, kind
+
+    if not isinstance(url, str) or not url.strip():
+        raise InputError(f"{field}: must be a storage URL (sqlite:///f.db, journal:f.log, postgresql://...), "
+                         f"got {url!r}")
+    path = storage_file(url)
+    if path is None:
+        if not url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://", "mysql://", "mysql+")):
+            raise InputError(f"{field}: unsupported URL {mask_url(url)!r} (use sqlite:///, journal:, or postgresql://)")
+        return url
+    if not str(path).strip():
+        raise InputError(f"{field}: {url!r} names no file")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise InputError(f"{field}: {str(path)!r} cannot be read ({e.strerror})") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise InputError(f"{field}: {str(path)!r} is {kind(mode)}, not a study file")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{field}: {str(parent)!r} is a file, not a folder")
+            break
+    return url
+
+
 def open_storage(url: str):
     """An Optuna storage object for `url` (see the module docstring)."""
     import optuna
+
+    check_storage(url)
 
     if url.startswith("journal:"):
         return _journal(url[len("journal:"):])
@@ -91,34 +154,84 @@ def open_storage(url: str):
     raise ValueError(f"storage: cannot open {mask_url(url)!r}: {str(error).splitlines()[0]}") from None
 
 
+SECRET_KEYS = frozenset({"password", "passwd", "pwd", "pass", "sslpassword", "secret", "token", "access_token",
+                         "auth_token", "api_key", "apikey", "private_key", "sslkey"})
+
+
 def mask_url(url: str) -> str:
-    """`url` with its password replaced by ***, for anything printed or stored."""
-    return _hide_password(url, mask=True)
+    """`url` with every secret in it replaced by ***: the password of user:password@ (an
+    unescaped @ inside it included) and the values of query parameters such as `password`,
+    `sslpassword` or `token` (libpq's and SQLAlchemy's forms). Everything printed goes through it."""
+    return _hide_secrets(url, mask=True)
 
 
 def strip_password(url: str) -> str:
-    """`url` without its password (libpq then reads PGPASSWORD or ~/.pgpass): a command that
+    """`url` without its secrets (libpq then reads PGPASSWORD or ~/.pgpass): a command that
     can be printed and still run."""
-    return _hide_password(url, mask=False)
+    return _hide_secrets(url, mask=False)
 
 
-def _hide_password(url: str, *, mask: bool) -> str:
-    """`url` with its password masked (***) or left out; a URL without one comes back as is."""
-    if "://" not in url or "@" not in url:
+def _split(url: str) -> tuple[str, str, str, str, str] | None:
+    """(scheme, userinfo, host-and-path, query, "") of a URL written by hand: the userinfo
+    ends at the LAST @ before the query, so a password holding an unescaped @ stays whole;
+    None for a URL without a scheme."""
+    if "://" not in url:
+        return None
+    scheme, rest = url.split("://", 1)
+    q = rest.find("?")
+    at = rest.rfind("@", 0, q if q >= 0 else len(rest))
+    head, query = (rest[:q], rest[q + 1:]) if q >= 0 else (rest, "")
+    userinfo, hostpath = (head[:at], head[at + 1:]) if at >= 0 else ("", head)
+    return scheme, userinfo, hostpath, query, ""
+
+
+def secrets_in(url: str | None) -> list[str]:
+    """The secret strings of `url` (its password, its secret query values), longest first: what
+    error text must never show."""
+    parts = _split(url or "")
+    if parts is None:
+        return []
+    _, userinfo, _, query, _ = parts
+    found = [userinfo.split(":", 1)[1]] if ":" in userinfo else []
+    from urllib.parse import unquote
+
+    for pair in query.split("&"):
+        key, eq, value = pair.partition("=")
+        if eq and key.strip().lower() in SECRET_KEYS and value:
+            found.append(value)
+    found += [unquote(v) for v in found if unquote(v) != v]
+    return sorted({v for v in found if v}, key=len, reverse=True)
+
+
+def scrub(text: str, *urls: str | None) -> str:
+    """`text` with every secret of `urls` replaced by ***."""
+    for url in urls:
+        for secret in secrets_in(url):
+            text = text.replace(secret, "***")
+    return text
+
+
+def _hide_secrets(url: str, *, mask: bool) -> str:
+    parts = _split(url)
+    if parts is None:
         return url
-    try:
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: by hand
-        scheme, _, rest = url.partition("://")
-        creds, _, host = rest.rpartition("@")
-        return f"{scheme}://{creds.split(':', 1)[0]}{':***' if mask and ':' in creds else ''}@{host}"
-    if parsed.password is None:
+    scheme, userinfo, hostpath, query, _ = parts
+    if not userinfo and not query:
         return url
-    if mask:
-        return parsed.render_as_string(hide_password=True)
-    return parsed._replace(password=None).render_as_string(hide_password=False)
+    out = f"{scheme}://"
+    if userinfo:
+        user, colon, _ = userinfo.partition(":")
+        out += user + (":***" if colon and mask else "") + "@"
+    out += hostpath
+    kept = []
+    for pair in query.split("&") if query else []:
+        key, eq, value = pair.partition("=")
+        if key.strip().lower() in SECRET_KEYS:
+            if mask:
+                kept.append(f"{key}=***")
+            continue
+        kept.append(pair)
+    return out + ("?" + "&".join(kept) if kept else "")
 
 
 def _connection_lost(error: BaseException | None) -> bool:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from autotaper.memory import CUDA_CONTEXT_BYTES, training_bytes
+
+__all__ = ["CUDA_CONTEXT_BYTES", "training_bytes", "proxy_bytes", "auto_workers", "gpu_share", "WorkerChoice"]
+
 MAX_PER_GPU = 16  # the most measured (benchmarks/gpu_search_throughput.py)
-CUDA_CONTEXT_BYTES = 600 * 2**20  # the context itself, outside torch's allocator, per process
-WORKSPACE_BYTES = 64 * 2**20  # cuBLAS workspace and allocator blocks, inside torch's allocator
 MEMORY_SHARE = 0.9  # of the free GPU memory
 
 
@@ -28,24 +30,6 @@ class WorkerChoice:
     def text(self) -> str:
         mem = f", {self.per_worker_bytes / 2**30:.2f} GiB each" if self.per_worker_bytes else ""
         return f"{self.workers} on {self.device}{mem} ({self.limit})"
-
-
-def training_bytes(spec, batch_size: int, precision: str = "bf16") -> int:
-    """Peak memory of one training process on a GPU, estimated: fp32 weights, gradients and
-    the two AdamW moments (16 bytes a parameter), activations kept for backward (64 bytes per
-    token, layer and stream channel under bf16 autocast, 104 in fp32), the logits (16-bit,
-    their fp32 copy and its gradient), a fixed 64 MiB (cuBLAS workspace, allocator blocks)
-    and the CUDA context. The activation bytes are measured, not Korthikanti et al.'s 34 for
-    a fused large model: on an H100 (torch 2.11; proxy-xs, proxy-s and proxy-m at batch 16
-    and 64, bf16 and fp32) a real training's peak was 0.71 to 1.00 of this estimate; with
-    34 and 68 it was 1.23 to 2.28 times it (more workers than fit)."""
-    from autotaper.cost import count
-
-    tokens = batch_size * spec.context_length
-    act = 64 if precision == "bf16" else 104
-    activations = tokens * sum(spec.layer_d_model) * act
-    logits = tokens * spec.vocab_size * 10
-    return int(16 * count(spec).params + activations + logits + WORKSPACE_BYTES + CUDA_CONTEXT_BYTES)
 
 
 def proxy_bytes(space) -> int:

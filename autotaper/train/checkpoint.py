@@ -15,22 +15,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from autotaper._io import atomic_write_text, make_temp_dir
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+__all__ = ["atomic_write_text", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_run",
+           "read_state"]
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -56,7 +50,7 @@ def save_checkpoint(run_dir: Path, *, step: int, model: torch.nn.Module, optimiz
     tmp = None
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=name + ".", dir=root))
+        tmp = make_temp_dir(root, name + ".")
         save_model(model, str(tmp / "model.safetensors"))
         tensors, meta = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -114,6 +108,11 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
                 pstate["step"] = pstate["step"].cpu()
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return json.loads((path / "state.json").read_text())
+
+
+def read_state(path: Path) -> dict:
+    """A checkpoint's state.json (step, run identity, history), without its tensors."""
+    return json.loads((Path(path) / "state.json").read_text())
 
 
 def load_run(run_dir: str | Path, *, command: str = "load"):

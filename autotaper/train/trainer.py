@@ -16,7 +16,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -27,7 +27,9 @@ from autotaper.cost import count
 from autotaper.data.tokens import TokenData, sample_batch, val_windows
 from autotaper.models import build_model
 from autotaper.spec import ModelSpec
-from autotaper.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from autotaper.memory import check_fits
+from autotaper.train.checkpoint import (atomic_write_text, latest_checkpoint, load_checkpoint, read_state,
+                                        save_checkpoint)
 from autotaper.train.config import TrainConfig
 from autotaper.train.evaluate import autocast_context, evaluate
 
@@ -118,9 +120,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"device {name!r} is not a torch device") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {name!r}: this machine has no CUDA device (torch {torch.__version__}"
+                             f"{', built without CUDA' if torch.version.cuda is None else ''}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s)")
+    elif device.type not in ("cpu", "mps"):
+        raise ValueError(f"device {name!r}: autotaper trains on cpu or cuda")
+    return device
 
 
 def cpu_has_native_bf16() -> bool:
@@ -222,16 +234,22 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
     rows = B // world
     micro = rows // config.grad_accum
 
-    model = build_model(spec, seed=config.seed).to(device)
-    optimizer = _optimizer(model, config, device, spec)
     start, fingerprint, history, resumed_from, train_time = 0, hashlib.sha256(b"autotaper").hexdigest(), [], None, 0.0
     identity = {"spec": spec.to_dict(), "config": config.to_dict(), "corpus": data.manifest.get("content_sha256")}
     ckpt = latest_checkpoint(run_dir) if run_dir else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, device=device)
+    if ckpt is not None:  # the run's identity is checked before a byte of its weights is read
+        state = read_state(ckpt)
         if state.get("identity") != identity:
             raise ValueError(f"out_dir {str(run_dir)!r} holds a checkpoint of a different run "
-                             f"(spec, config or corpus differ); use a new --out or delete it")
+                             f"({_differs(state.get('identity'), identity)}); use a new --out or delete it")
+        done = _finished_result(run_dir, state, config)
+        if done is not None:
+            return done
+    check_fits(spec, B // world, precision=precision, device=str(device), what=f"model {spec.taper}")
+    model = build_model(spec, seed=config.seed).to(device)
+    optimizer = _optimizer(model, config, device, spec)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, device=device)
         start = resumed_from = state["step"]
         fingerprint, history, train_time = state["fingerprint"], state["history"], state["train_time_s"]
     if run_dir and rank == 0:
@@ -401,6 +419,38 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
         atomic_write_text(run_dir / "summary.json", json.dumps(result.to_dict(), indent=1))
     for c in cbs:
         c.on_end(result)
+    return result
+
+
+def _differs(stored: Any, identity: dict) -> str:
+    """Which parts of a run's identity differ, with both values where they are short."""
+    if not isinstance(stored, dict):
+        return "the checkpoint records no identity"
+    parts = []
+    for part in ("spec", "config", "corpus"):
+        a, b = stored.get(part), identity.get(part)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            shown = [f"{k} {a.get(k)!r} there, {b.get(k)!r} here" for k in keys
+                     if len(repr(a.get(k))) + len(repr(b.get(k))) < 80]
+            parts.append(f"{part}: " + ("; ".join(shown[:3]) if shown else ", ".join(keys[:6])))
+        else:
+            parts.append(f"{part} differs")
+    return "; ".join(parts)
+
+
+def _finished_result(run_dir: Path, state: dict, config: TrainConfig) -> TrainResult | None:
+    """The stored result of a run whose checkpoint already holds all its steps (None if it
+    does not): training it again trains nothing and says so."""
+    summary = run_dir / "summary.json"
+    if state.get("step", 0) < config.steps or not summary.is_file():
+        return None
+    stored = json.loads(summary.read_text())
+    known = {f.name for f in fields(TrainResult)}
+    result = TrainResult(**{k: v for k, v in stored.items() if k in known})
+    result.resumed_from = state["step"]
     return result
 
 

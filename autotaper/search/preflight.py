@@ -1,0 +1,60 @@
+"""What a search checks before it stores a byte: the study's name and storage, the data, the
+proxy's model against the machine's memory, the training recipe, the sampler and pruner.
+
+Every check here reads; none writes to a study (loading the data may fill the token cache,
+which holds no study state). A command that fails here leaves every stored study as it was,
+and no study folder appears.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from autotaper.search.space import BaseSpace
+
+
+@dataclass
+class Ready:
+    """What the checks produced, for the search to use without doing the work twice."""
+
+    name: str  # the study's name
+    url: str  # its storage
+    data: Any  # the proxy's TokenData
+    base: Any  # the uniform proxy ModelSpec
+    estimate_bytes: int  # one proxy training's memory, estimated
+
+
+def preflight(space: BaseSpace, *, storage: str | None, study_name: str | None, workers: int = 1) -> Ready:
+    """Run every check of a search of `space` (see the module docstring); ValueError naming the
+    field and the value on the first that fails."""
+    from autotaper.memory import check_fits
+    from autotaper.search.engine import make_pruner, make_sampler
+    from autotaper.search.objective import baseline_spec, train_config
+    from autotaper.search.storage import check_storage, check_study_name, default_location
+
+    if study_name is not None:
+        name = check_study_name(study_name, "--study")
+    else:
+        name = check_study_name(space.name, "name")
+    url = check_storage(storage or default_location(name, workers=workers))
+    data = space.proxy.load_data()
+    try:
+        base = baseline_spec(space, data)
+    except ValueError as e:
+        raise ValueError(f"proxy: {e}") from None
+    data.check(vocab_size=base.vocab_size, context_length=base.context_length)
+    config = train_config(space, 0)
+    device = "cuda" if config.device == "auto" and _has_cuda() else ("cpu" if config.device == "auto" else config.device)
+    precision = "fp32" if space.proxy.precision == "fp32" else "bf16"
+    need = check_fits(base, space.proxy.batch_size, precision=precision, device=device,
+                      what=f"proxy {space.proxy.preset}")
+    make_sampler(space, workers=workers)
+    make_pruner(space)
+    return Ready(name, url, data, base, need)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
