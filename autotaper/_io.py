@@ -67,6 +67,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def fix_tree(root: str | Path) -> None:
+    """`fix_mode` for a folder and everything in it (libraries such as safetensors write
+    their files 0600)."""
+    root = Path(root)
+    fix_mode(root, folder=True)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            fix_mode(path, folder=path.is_dir())
+
+
 def make_temp_dir(parent: str | Path, prefix: str) -> Path:
     """A temporary folder in `parent` (to be renamed into place) with the umask's mode."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))

@@ -329,4 +329,29 @@ def solve(baseline: ModelSpec, taper: Taper | str, *, constraint: str = "params"
     return solve_report(baseline, taper, constraint=constraint, tolerance=tolerance).spec
 
 
-__all__ = ["CONSTRAINTS", "DIMS", "Solution", "solve", "solve_report", "default_multiple"]
+def check_taper(spec: ModelSpec, where: str = "spec") -> None:
+    """ValueError when `spec`'s taper text does not give its per-layer lists under any budget
+    constraint: a spec file edited by hand (its lists or its text), which would train one model
+    and report another. Specs whose taper text is not a taper (a custom spec) pass."""
+    try:
+        taper = Taper.coerce(spec.taper)
+    except ValueError:
+        return
+    lists = ("layer_ffn", "layer_heads", "layer_kv_heads", "layer_d_model", "layer_lr")
+    solved = None
+    for constraint in CONSTRAINTS:
+        try:
+            solved = solve(spec.uniform(), taper, constraint=constraint)
+        except ValueError:
+            continue
+        if all(getattr(solved, k) == getattr(spec, k) for k in lists):
+            return
+    if solved is None:
+        raise ValueError(f"{where}: taper {spec.taper!r} cannot be solved for its own shape")
+    wrong = next(k for k in lists if getattr(solved, k) != getattr(spec, k))
+    raise ValueError(f"{where}: taper {spec.taper!r} does not give the file's per-layer lists ({wrong} "
+                     f"{list(getattr(spec, wrong))} in the file, {list(getattr(solved, wrong))} from the taper); "
+                     "fix the text or the lists, or write the file again with `autotaper plan --out`")
+
+
+__all__ = ["CONSTRAINTS", "DIMS", "Solution", "check_taper", "solve", "solve_report", "default_multiple"]

@@ -204,7 +204,10 @@ def cmd_train(args) -> int:
         if args.preset or args.family or args.taper != "uniform" or args.param is not None:
             raise UsageError("autotaper train: --spec gives the whole model, its parametrization included; leave "
                              "out --preset, --family, --taper and --param")
+        from autotaper.budget import check_taper
+
         spec = ModelSpec.load(args.spec)
+        check_taper(spec, f"spec file {args.spec!r}")
         data = _load_data(args)
         name = Path(args.spec).stem
     elif args.preset:

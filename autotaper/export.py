@@ -28,7 +28,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autotaper._io import make_temp_dir
+from autotaper._io import fix_tree, make_temp_dir
 from autotaper.spec import ModelSpec
 from autotaper.train.checkpoint import load_run
 
@@ -219,6 +219,7 @@ def export_hf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, 
             (tmp / "tokenizer_config.json").write_text(json.dumps(
                 {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": spec.context_length,
                  "clean_up_tokenization_spaces": False}, indent=1) + "\n")
+        fix_tree(tmp)
         backup = None
         if out.exists():
             backup = out.with_name(f".{out.name}-replaced-{os.getpid()}")

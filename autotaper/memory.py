@@ -24,7 +24,11 @@ def training_bytes(spec, batch_size: int, precision: str = "bf16") -> int:
 
     tokens = batch_size * spec.context_length
     act = 64 if precision == "bf16" else 104
-    activations = tokens * sum(spec.layer_d_model) * act
+    # per layer, the widest stream a token has: the residual width, attention's q/k/v width
+    # (heads x head_dim) or a quarter of the MLP's (for usual shapes all equal d_model or less)
+    widths = [max(d, (h + 2 * kv) * spec.head_dim / 3, f / 4) for d, h, kv, f in
+              zip(spec.layer_d_model, spec.layer_heads, spec.layer_kv_heads, spec.layer_ffn)]
+    activations = tokens * sum(widths) * act
     logits = tokens * spec.vocab_size * 10
     return int(16 * count(spec).params + activations + logits + WORKSPACE_BYTES + CUDA_CONTEXT_BYTES)
 

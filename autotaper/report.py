@@ -293,7 +293,6 @@ def write_ladder_report(report: dict, out: str | Path) -> Path:
 
     path = Path(out)
     atomic_write_text(path, ladder_report(report))
-    path.chmod(0o644)
     return path
 
 
@@ -302,7 +301,8 @@ def write_report(storage: str | None, study_name: str, out: str | Path | None = 
     """Write the report (default: beside the study, runs/search/STUDY/report.html)."""
     from autotaper._io import atomic_write_text
 
-    path = Path(out) if out else Path("runs") / "search" / study_name / "report.html"
-    atomic_write_text(path, build_report(storage, study_name, probe=probe))
-    path.chmod(0o644)  # a page to share, not a secret
+    from autotaper.search.storage import check_study_name
+
+    path = Path(out) if out else Path("runs") / "search" / check_study_name(study_name) / "report.html"
+    atomic_write_text(path, build_report(storage, study_name, probe=probe))  # the umask's mode, like any page
     return path

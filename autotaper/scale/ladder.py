@@ -110,7 +110,9 @@ def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: 
     data = p.load_data()
     target_spec, target_name = load_target(target)
     target_cost = count(target_spec)
-    prefix = prefix or space.name
+    from autotaper.search.storage import check_study_name
+
+    prefix = check_study_name(prefix, "--prefix") if prefix is not None else check_study_name(space.name, "name")
     out_dir = Path(out_dir or f"runs/ladder/{prefix}")
     rungs = resolve(config, p, target_spec, vocab_size=data.vocab_size)  # in the order listed: smallest first
     say(f"ladder {prefix}: {len(rungs)} rungs, target {target_name} ({target_cost.params:,} params, "

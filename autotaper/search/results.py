@@ -129,7 +129,10 @@ def verdict(rows: list[dict[str, Any]], *, mde: float | None = None) -> dict[str
 def load(storage: str | None, study_name: str):
     import optuna
 
+    from autotaper.search.storage import check_study_name
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_study_name(study_name)  # also names report.html's folder: never a path
     url = storage or default_location(study_name)
     if url.startswith("sqlite:///"):
         from pathlib import Path

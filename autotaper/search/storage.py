@@ -114,6 +114,7 @@ def open_storage(url: str):
     import optuna
 
     check_storage(url)
+    url = escape_userinfo(url)
 
     if url.startswith("journal:"):
         return _journal(url[len("journal:"):])
@@ -185,6 +186,21 @@ def _split(url: str) -> tuple[str, str, str, str, str] | None:
     return scheme, userinfo, hostpath, query, ""
 
 
+def escape_userinfo(url: str) -> str:
+    """`url` with an unescaped @ or : inside its password percent-encoded, so that SQLAlchemy
+    and libpq read the password and the host that were meant (the userinfo ends at the last @)."""
+    from urllib.parse import quote
+
+    parts = _split(url)
+    if parts is None or ":" not in parts[1]:
+        return url
+    scheme, userinfo, hostpath, query, _ = parts
+    user, _, password = userinfo.partition(":")
+    if "@" not in password:
+        return url
+    return f"{scheme}://{user}:{quote(password, safe='%')}@{hostpath}" + (f"?{query}" if query else "")
+
+
 def secrets_in(url: str | None) -> list[str]:
     """The secret strings of `url` (its password, its secret query values), longest first: what
     error text must never show."""
@@ -199,7 +215,10 @@ def secrets_in(url: str | None) -> list[str]:
         key, eq, value = pair.partition("=")
         if eq and key.strip().lower() in SECRET_KEYS and value:
             found.append(value)
-    found += [unquote(v) for v in found if unquote(v) != v]
+    from urllib.parse import quote
+
+    found += [unquote(v) for v in found if unquote(v) != v] + [quote(v, safe="%") for v in found]
+    found += [part for v in found for part in v.split("@") if len(part) >= 4]  # as a parser that split it shows it
     return sorted({v for v in found if v}, key=len, reverse=True)
 
 

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from autotaper._io import atomic_write_text, make_temp_dir
+from autotaper._io import atomic_write_text, fix_tree, make_temp_dir
 
 __all__ = ["atomic_write_text", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_run",
            "read_state"]
@@ -59,6 +59,7 @@ def save_checkpoint(run_dir: Path, *, step: int, model: torch.nn.Module, optimiz
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())  # a full disk shows here, not after the rename
+        fix_tree(tmp)  # safetensors writes 0600: a shared run folder stays readable to the umask's readers
         final = root / name
         if final.exists():
             shutil.rmtree(final)
