@@ -74,8 +74,20 @@ def _param_fields(args, name: str | None = None) -> dict:
 def _baseline(args, param: str | None = None):
     from autotaper.spec import ModelSpec
 
+    from autotaper.spec import PRESETS
+
+    if args.preset not in PRESETS:
+        try:
+            ModelSpec.from_name(args.preset)
+        except ValueError as e:
+            raise UsageError(f"--preset: {e}") from None
     overrides = {"family": args.family} if args.family else {}
-    return ModelSpec.from_name(args.preset, **overrides, **_param_fields(args, param))
+    try:
+        return ModelSpec.from_name(args.preset, **overrides, **_param_fields(args, param))
+    except ValueError as e:
+        if args.family and "family" in str(e):
+            raise UsageError(f"--family: {e}") from None
+        raise
 
 
 # -- plan -------------------------------------------------------------------------------
@@ -639,7 +651,7 @@ def _floats(text: str) -> list[float]:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be numbers separated by commas, got {text!r}") from None
-    if not values or any(not v > 0 for v in values):
+    if not values or any(not 0 < v < float("inf") for v in values):
         raise argparse.ArgumentTypeError(f"must be positive numbers, got {text!r}")
     return values
 

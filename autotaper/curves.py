@@ -228,7 +228,11 @@ def get_curve(name: str) -> Curve:
     try:
         return _CURVES[name]
     except KeyError:
-        raise ValueError(f"unknown curve {name!r}; known: {', '.join(sorted(_CURVES))}") from None
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(_CURVES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown curve {name!r}{hint}; known: {', '.join(sorted(_CURVES))}") from None
 
 
 def curve_names() -> list[str]:

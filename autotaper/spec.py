@@ -218,7 +218,11 @@ class ModelSpec:
     def from_name(cls, name: str, **overrides: Any) -> "ModelSpec":
         """A named preset (see PRESETS), with any field overridden."""
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+            import difflib
+
+            close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown preset {name!r}{hint}; known: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
 

@@ -140,7 +140,7 @@ def test_a_trial_whose_training_raises_fails_with_its_message_and_the_search_goe
 
     proxy = Proxy(preset="tiny", steps=10, batch_size=8, seeds=2, precision="fp32", data=corpus, eval_every=5)
     space = Grid(raising_candidate, strengths=[0.2, 0.3, 0.4], proxy=proxy, name="raises",
-                          settings=Settings(sampler="grid", pruner="none", n_trials=3, seed=0, confirm=Confirm(top_k=0)))
+                          settings=Settings(sampler="grid", pruner="none", n_trials=4, seed=0, confirm=Confirm(top_k=0)))
     url = search(space)
     study = optuna.load_study(study_name="raises", storage=url)
     by_strength = {t.params.get("strength"): t for t in study.trials if "strength" in t.params}

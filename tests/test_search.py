@@ -134,7 +134,7 @@ def test_a_trial_leaves_no_tensor_or_module_to_the_cycle_collector(corpus):
                                    train={"lr": [3e-3, 500.0]}))
     proxy = Proxy(preset="tiny", steps=10, batch_size=8, seeds=2, precision="fp32", data=corpus, eval_every=5)
     raising = Grid(raising_candidate, strengths=[0.2, 0.3, 0.4], proxy=proxy, name="raises",
-                   settings=Settings(sampler="grid", pruner="none", n_trials=3, seed=0, confirm=Confirm(top_k=0)))
+                   settings=Settings(sampler="grid", pruner="none", n_trials=4, seed=0, confirm=Confirm(top_k=0)))
     assert cyclic_garbage(lambda: run_search(mixed, quiet=True)) == []
     assert cyclic_garbage(lambda: run_search(raising, quiet=True)) == []
     statuses = {t.user_attrs.get("status") for name in ("tiny", "raises")

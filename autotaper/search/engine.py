@@ -7,7 +7,10 @@ reference points: the uniform baseline (a trial whose value is
 0 by definition, recorded from the cached per-seed baselines) and the paper's cosine
 1.5 -> 0.5 on ffn (enqueued when the space can express it). Re-running the same command
 loads the study, fails trials whose worker died, and runs only the trials still missing
-from `n_trials` (complete and pruned trials count; failed ones are retried by new trials).
+from `n_trials` (complete, pruned and failed trials count; a trial whose worker died is
+retried by a new one). `search.stop_after_failures` failures in a row stop the search
+(`SearchStopped`): every candidate failing says the input or the machine is at fault.
+Nothing is stored before `preflight.preflight` has checked the whole search.
 """
 
 from __future__ import annotations

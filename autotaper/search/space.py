@@ -159,9 +159,10 @@ class Proxy:
 
         out = []
         if not _one_of(self.preset, PRESETS):
-            out.append(f"proxy.preset: unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+            out.append(f"proxy.preset: unknown preset {self.preset!r}{did_you_mean(self.preset, PRESETS)} (known: {', '.join(PRESETS)})")
         if self.family is not None and not _one_of(self.family, family_names()):
-            out.append(f"proxy.family: unknown family {self.family!r} (known: {', '.join(family_names())})")
+            out.append(f"proxy.family: unknown family {self.family!r}{did_you_mean(self.family, family_names())} "
+                       f"(known: {', '.join(family_names())})")
         out += self.shape_problems()
         from autotaper.parametrization import problems as param_problems
 
@@ -217,7 +218,8 @@ class Proxy:
             return [f"proxy.shape: must be a mapping of shape fields, got {self.shape!r}"]
         unknown = sorted(set(self.shape) - set(SHAPE_KEYS))
         if unknown:
-            return [f"proxy.shape.{unknown[0]}: unknown shape field (known: {', '.join(SHAPE_KEYS)})"]
+            return [f"proxy.shape.{unknown[0]}: unknown shape field{did_you_mean(unknown[0], SHAPE_KEYS)} "
+                    f"(known: {', '.join(SHAPE_KEYS)})"]
         from autotaper.spec import PRESETS, ModelSpec
 
         if self.preset in PRESETS:
@@ -278,9 +280,11 @@ class Settings:
     def problems(self) -> list[str]:
         out = []
         if not _one_of(self.sampler, SAMPLERS):
-            out.append(f"search.sampler: unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
+            out.append(f"search.sampler: unknown sampler {self.sampler!r}{did_you_mean(self.sampler, SAMPLERS)} "
+                       f"(known: {', '.join(SAMPLERS)})")
         if not _one_of(self.pruner, PRUNERS):
-            out.append(f"search.pruner: unknown pruner {self.pruner!r} (known: {', '.join(PRUNERS)})")
+            out.append(f"search.pruner: unknown pruner {self.pruner!r}{did_you_mean(self.pruner, PRUNERS)} "
+                       f"(known: {', '.join(PRUNERS)})")
         for found in (_number_problem("search.n_trials", self.n_trials, low=1, high=1_000_000, integer=True),
                       None if self.seed is None else
                       _number_problem("search.seed", self.seed, low=0, high=MAX_SEED, integer=True)):
@@ -570,6 +574,16 @@ def _number_problem(field: str, value: Any, *, low: float, high: float, integer:
     return f"{field}: must be {what} in {interval}, got {value!r}"
 
 
+def did_you_mean(name: Any, options) -> str:
+    """ " (did you mean 'x'?)" for the option closest to a mistyped `name`, or ""."""
+    import difflib
+
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _one_of(value: Any, options) -> bool:
     """`value` is one of the named `options` (and a string: a list or a mapping is not)."""
     return isinstance(value, str) and value in options
@@ -592,7 +606,7 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
         raise ValueError(f"space {name}: must be a mapping with proxy, search, taper sections")
     top = {"name", "description", "proxy", "search", "taper", "train", "ladder"}  # ladder: autotaper.scale
     for key in sorted(set(data) - top):
-        problems.append(f"{key}: unknown section (known: {', '.join(sorted(top))})")
+        problems.append(f"{key}: unknown section{did_you_mean(key, top)} (known: {', '.join(sorted(top))})")
 
     def section(key: str) -> dict:
         value = data.get(key) or {}
@@ -613,7 +627,7 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
         problems.append("proxy.seeds_max: write seeds: {min: N, max: M}")
     proxy_fields = {f.name for f in dataclasses.fields(Proxy)}
     for key in sorted(set(proxy_raw) - proxy_fields):
-        problems.append(f"proxy.{key}: unknown key (known: {', '.join(sorted(proxy_fields))})")
+        problems.append(f"proxy.{key}: unknown key{did_you_mean(key, proxy_fields)} (known: {', '.join(sorted(proxy_fields))})")
     data_path = proxy_raw.get("data")
     if isinstance(data_path, str) and data_path:
         # absolute, so workers that run elsewhere (Ray trial directories) find the same files
@@ -625,7 +639,8 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
     search_raw = section("search")
     settings_fields = {f.name for f in dataclasses.fields(Settings)} - {"budget_s"} | {"budget"}
     for key in sorted(set(search_raw) - settings_fields):
-        problems.append(f"search.{key}: unknown key (known: {', '.join(sorted(settings_fields))})")
+        problems.append(f"search.{key}: unknown key{did_you_mean(key, settings_fields)} "
+                        f"(known: {', '.join(sorted(settings_fields))})")
     search_kw = {k: v for k, v in search_raw.items() if k in settings_fields}
     confirm_raw = search_kw.pop("confirm", None)
     if confirm_raw is False:
@@ -659,7 +674,7 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
     known_curves = set(curve_names()) - {"list"}
     for dim, knobs_raw in taper_raw.items():
         if dim not in DIMS:
-            problems.append(f"taper.{dim}: unknown dimension (known: {', '.join(DIMS)})")
+            problems.append(f"taper.{dim}: unknown dimension{did_you_mean(dim, DIMS)} (known: {', '.join(DIMS)})")
             continue
         if not isinstance(knobs_raw, dict):
             problems.append(f"taper.{dim}: must be a mapping of knobs, got {knobs_raw!r}")
@@ -667,7 +682,7 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
         if dim == "lr" and "multiple" in knobs_raw:
             problems.append("taper.lr.multiple: the lr dimension has no rounding multiple")
         for key in sorted(set(knobs_raw) - DIM_KEYS):
-            problems.append(f"taper.{dim}.{key}: unknown knob (known: {', '.join(sorted(DIM_KEYS))})")
+            problems.append(f"taper.{dim}.{key}: unknown knob{did_you_mean(key, DIM_KEYS)} (known: {', '.join(sorted(DIM_KEYS))})")
         knobs: dict[str, Knob] = {}
         if "curve" not in knobs_raw:
             problems.append(f"taper.{dim}.curve: required")
@@ -676,7 +691,8 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
             if curve is not None:
                 for c in curve.values():
                     if c not in known_curves:
-                        problems.append(f"taper.{dim}.curve: unknown curve {c!r} (known: {', '.join(sorted(known_curves))})")
+                        problems.append(f"taper.{dim}.curve: unknown curve {c!r}{did_you_mean(c, known_curves)} "
+                                        f"(known: {', '.join(sorted(known_curves))})")
                 knobs["curve"] = curve
         has_pair = "start" in knobs_raw or "end" in knobs_raw
         if has_pair and ("strength" in knobs_raw or "asymmetry" in knobs_raw):
