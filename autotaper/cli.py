@@ -46,9 +46,9 @@ def _add_param_args(p: argparse.ArgumentParser, *, several: bool) -> None:
                          "from its fan-in) or completep (mup plus depth rules); default sp"))
     p.add_argument("--depth-alpha", type=_bounded(float, 0.5, 1.0), default=1.0,
                    help="completep: residual branches x (depth / base depth)^-alpha, alpha in [0.5, 1] (default 1)")
-    p.add_argument("--base-d-model", type=_positive(int),
+    p.add_argument("--base-d-model", type=_bounded(int, 1, 2**20),
                    help="mup/completep: the width the LR was tuned at (default: the model's own)")
-    p.add_argument("--base-n-layers", type=_positive(int),
+    p.add_argument("--base-n-layers", type=_bounded(int, 1, 10_000),
                    help="completep: the depth the LR was tuned at (default: the model's own)")
 
 
@@ -651,7 +651,7 @@ def _floats(text: str) -> list[float]:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be numbers separated by commas, got {text!r}") from None
-    if not values or any(not 0 < v < float("inf") for v in values):
+    if not values or any(not 0 < v <= 1e4 for v in values):
         raise argparse.ArgumentTypeError(f"must be positive numbers, got {text!r}")
     return values
 
@@ -763,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search the best taper in a space (Optuna locally, or Ray Tune)")
     p.add_argument("--space", required=True, help="YAML search space, e.g. search_spaces/quickstart.yaml")
     p.add_argument("--backend", default="optuna", choices=["optuna", "ray"])
-    p.add_argument("--n-trials", type=_positive(int), help="trials in the study in total (default: the space's)")
+    p.add_argument("--n-trials", type=_bounded(int, 1, 1_000_000), help="trials in the study in total (default: the space's)")
     p.add_argument("--timeout", type=_positive(float), help="stop starting trials after this many seconds")
     p.add_argument("--storage", help="sqlite:///f.db, journal:f.log or postgresql://... "
                    "(default runs/search/STUDY/)")
@@ -773,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the host's cores (one per two cores on a CPU)")
     p.add_argument("--preset", help="override the space's proxy preset")
     p.add_argument("--family", help="override the space's proxy family")
-    p.add_argument("--steps", type=_positive(int), help="override the proxy's training steps")
+    p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="override the proxy's training steps")
     p.add_argument("--seeds", type=_seeds, help="override the proxy's paired seeds: N, or MIN:MAX to race")
     _add_data_override(p)
     _add_param_override(p)
@@ -783,11 +783,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler-seed", type=_bounded(int, 0, 2**32 - 1), help="override the space's search.seed")
     ray = p.add_argument_group("ray backend")
     ray.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start one)")
-    ray.add_argument("--cpus-per-trial", type=_positive(float), help="default: the space's search.cpus_per_trial (1)")
+    ray.add_argument("--cpus-per-trial", type=_bounded(float, 0, 4096, low_open=True), help="default: the space's search.cpus_per_trial (1)")
     ray.add_argument("--gpus-per-trial", type=_auto_or(_nonnegative(float)),
                      help="fractions share one GPU; auto: 1 / as many proxies as fit a cluster GPU's memory "
                           "(default: the space's, 0)")
-    ray.add_argument("--max-concurrent", type=_positive(int), help="trials at once (default: as resources allow)")
+    ray.add_argument("--max-concurrent", type=_bounded(int, 1, 100_000), help="trials at once (default: as resources allow)")
     ray.add_argument("--tune-storage", help="where Ray Tune keeps its own state (default ~/ray_results/autotaper)")
     ray.add_argument("--submit", metavar="DASHBOARD", help="run the search as a Ray job on the cluster whose "
                      "dashboard is at this URL (http://HEAD:8265), shipping this autotaper, the space and its data; "
@@ -806,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (default: the space's name); a search of it reuses the runs")
     p.add_argument("--preset", help="override the space's proxy preset")
     p.add_argument("--family", help="override the space's proxy family")
-    p.add_argument("--steps", type=_positive(int), help="override the proxy's training steps")
+    p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="override the proxy's training steps")
     p.add_argument("--seeds", type=_seeds, help="override the proxy's paired seeds: N or MIN:MAX")
     _add_data_override(p)
     _add_param_override(p)
@@ -822,12 +822,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("confirm", help="retrain a study's best tapers on fresh seeds; Holm-corrected verdict")
     p.add_argument("--study", required=True)
     p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")
-    p.add_argument("--top-k", type=_nonnegative(int), default=3, help="tapers to confirm besides the paper default "
+    p.add_argument("--top-k", type=_bounded(int, 0, 1000), default=3, help="tapers to confirm besides the paper default "
                    "(default 3)")
-    p.add_argument("--seeds", type=_positive(int), default=3, help="fresh paired seeds (default 3, at least 2)")
-    p.add_argument("--steps", type=_positive(int), help="train every confirmation run this long (default: the "
+    p.add_argument("--seeds", type=_bounded(int, 2, 1000), default=3, help="fresh paired seeds (default 3, at least 2)")
+    p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="train every confirmation run this long (default: the "
                    "search's steps): decide nearer the target's regime")
-    p.add_argument("--tokens-per-param", type=_positive(float), help="or this many tokens per uniform parameter")
+    p.add_argument("--tokens-per-param", type=_bounded(float, 0, 1e6, low_open=True), help="or this many tokens per uniform parameter")
     p.add_argument("--no-decompose", action="store_true", help="do not retrain the verdict's taper under the "
                    "other parametrization (sp <-> mup)")
     p.add_argument("--quiet", action="store_true")
@@ -844,10 +844,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="one storage for every rung's study (default runs/search/PREFIX-RUNG/)")
     p.add_argument("--prefix", help="study name prefix (default: the space's name); rerunning resumes every rung")
     p.add_argument("--budget", type=_duration, help="each rung's search: 600, 10m, 1.5h (default: ladder.budget)")
-    p.add_argument("--n-trials", type=_positive(int), help="each rung's trials (default: ladder.n_trials, else the "
+    p.add_argument("--n-trials", type=_bounded(int, 1, 1_000_000), help="each rung's trials (default: ladder.n_trials, else the "
                    "space's)")
-    p.add_argument("--seeds", type=_positive(int), help="fresh paired seeds of the probe set (default ladder.probe.seeds)")
-    p.add_argument("--top-k", type=_nonnegative(int), help="each rung's best tapers added to the probe set "
+    p.add_argument("--seeds", type=_bounded(int, 2, 1000), help="fresh paired seeds of the probe set (default ladder.probe.seeds)")
+    p.add_argument("--top-k", type=_bounded(int, 0, 1000), help="each rung's best tapers added to the probe set "
                    "(default ladder.probe.top_k)")
     p.add_argument("--out", help="directory for ladder.json and the target spec (default runs/ladder/PREFIX)")
     _add_param_override(p)
@@ -894,7 +894,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suggest", action="store_true",
                    help="also print a taper whose per-layer ratios follow the measured update norms")
     p.add_argument("--dim", default="ffn", choices=["ffn", "heads", "embed"], help="--suggest: the dimension")
-    p.add_argument("--strength", type=_positive(float), default=1.0,
+    p.add_argument("--strength", type=_bounded(float, 0, 10, low_open=True), default=1.0,
                    help="--suggest: 1 follows the measurement, smaller pulls towards uniform")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_probe)

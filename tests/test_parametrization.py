@@ -205,8 +205,8 @@ def _cli(*args, cwd=None):
 
 @pytest.mark.parametrize("args, needle", [
     (["--param", "mupp"], "parametrization: unknown name 'mupp'"),
-    (["--param", "completep", "--depth-alpha", "0.3"], "depth_alpha: must be in [0.5, 1], got 0.3"),
-    (["--param", "completep", "--depth-alpha", "nan"], "depth_alpha"),
+    (["--param", "completep", "--depth-alpha", "0.3"], "--depth-alpha: must be in [0.5, 1], got '0.3'"),
+    (["--param", "completep", "--depth-alpha", "nan"], "--depth-alpha"),
     (["--taper", "lr:linear:0:1"], "lr.start must be a ratio > 0, got 0"),
     (["--taper", "lr:linear:1:-2"], "lr.end must be a ratio > 0, got -2"),
     (["--taper", "lr:linear:1:2:m=8"], "no rounding multiple"),
@@ -249,7 +249,7 @@ def test_a_study_made_under_one_parametrization_refuses_a_worker_with_another(tm
     open_study(load_space(str(path)), storage=storage, study_name="s")
     open_study(load_space(str(path)), storage=storage, study_name="s")  # the same recipe opens it again
     other = load_space(str(path), overrides={"parametrization": "sp"})
-    with pytest.raises(ValueError, match=r"different space or proxy \(proxy differ"):
+    with pytest.raises(ValueError, match=r"different space or proxy \(proxy.parametrization: stored 'mup', given 'sp'"):
         open_study(other, storage=storage, study_name="s")
 
 

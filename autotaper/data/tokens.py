@@ -231,7 +231,10 @@ def _read_tokens(path: Path) -> np.ndarray:
 
     regular_file(path, "data", limit=None)  # not a folder named x.bin, a FIFO or a device
     if path.suffix == ".npy":
-        arr = np.load(path, mmap_mode="r")
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as e:  # not an .npy file, an object array, a truncated header
+            raise ValueError(f"data: {str(path)!r} is not a NumPy token array ({str(e).splitlines()[0][:120]})") from None
         if arr.ndim != 1 or arr.dtype.kind not in "iu":
             raise ValueError(f"data: {str(path)!r} must hold a 1-D integer array, got {arr.dtype} {arr.shape}")
         if arr.size and int(arr.min()) < 0:

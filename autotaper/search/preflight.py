@@ -9,6 +9,7 @@ and no study folder appears.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from autotaper.search.space import BaseSpace
@@ -38,15 +39,22 @@ def preflight(space: BaseSpace, *, storage: str | None, study_name: str | None, 
     else:
         name = check_study_name(space.name, "name")
     url = check_storage(storage or default_location(name, workers=workers))
+    device, precision = _device(space)
+    proxy = space.proxy
+    if proxy.data is None or proxy.tokenizer == "bpe":  # the vocabulary is known before the data is read:
+        vocab = 256 if proxy.tokenizer == "bytes" else proxy.vocab_size or 4096  # judge the memory first
+        try:
+            guess = baseline_spec(space, SimpleNamespace(vocab_size=vocab))
+        except ValueError as e:
+            raise ValueError(f"proxy: {e}") from None
+        check_fits(guess, proxy.batch_size, precision=precision, device=device, what=f"proxy {proxy.preset}")
     data = space.proxy.load_data()
     try:
         base = baseline_spec(space, data)
     except ValueError as e:
         raise ValueError(f"proxy: {e}") from None
     data.check(vocab_size=base.vocab_size, context_length=base.context_length)
-    config = train_config(space, 0)
-    device = "cuda" if config.device == "auto" and _has_cuda() else ("cpu" if config.device == "auto" else config.device)
-    precision = "fp32" if space.proxy.precision == "fp32" else "bf16"
+    train_config(space, 0)  # the recipe builds
     need = check_fits(base, space.proxy.batch_size, precision=precision, device=device,
                       what=f"proxy {space.proxy.preset}")
     make_sampler(space, workers=workers)
@@ -54,7 +62,8 @@ def preflight(space: BaseSpace, *, storage: str | None, study_name: str | None, 
     return Ready(name, url, data, base, need)
 
 
-def _has_cuda() -> bool:
+def _device(space: BaseSpace) -> tuple[str, str]:
+    """The device a proxy trains on here, and its precision for the memory estimate."""
     import torch
 
-    return torch.cuda.is_available()
+    return ("cuda" if torch.cuda.is_available() else "cpu"), ("fp32" if space.proxy.precision == "fp32" else "bf16")
