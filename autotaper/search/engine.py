@@ -327,7 +327,7 @@ def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout:
             ready.wait(timeout=START_WAIT_S)
         except threading.BrokenBarrierError:  # another worker failed to start or is slow: go on alone
             pass
-    if finished(study) >= n_trials or stop.limit and failure_streak(study)[0] >= stop.limit:
+    if finished(study) >= n_trials:  # (a rerun after a run of failures tries again: the callback judges)
         return
     study.optimize(objective, timeout=timeout, catch=(Exception,), callbacks=[stop])  # no gc: see run_search
 
