@@ -117,6 +117,16 @@ def test_nothing_is_stored_before_every_check_passed(flags, changes, needle, wor
     assert not Path("runs/search/fresh").exists()
 
 
+def test_a_ladder_checks_every_rung_before_the_first_stores_anything(work, capsys):
+    data = micro_space(work.corpus, name="lad", proxy={"steps": 12, "eval_every": 12}, search={"n_trials": 3})
+    data["ladder"] = {"rungs": [{"name": "t4"}, {"name": "huge", "d_model": 2**16, "ffn_width": 2**18}],
+                      "tokens_per_param": 0.05, "steps": {"min": 8, "max": 30}, "probe": {"top_k": 1, "seeds": 2}}
+    Path("lad.yaml").write_text(yaml.safe_dump(data))
+    refused(["ladder", "--space", "lad.yaml", "--target", "440m", "--storage", "sqlite:///kept.db"], capsys, "GiB")
+    work.check(allow_new=True)
+    assert not Path("runs/ladder").exists() and not Path("runs/search/lad-t4").exists()
+
+
 # 2. Searches that never end ----------------------------------------------------------------
 def _failing(trial):
     from autotaper.search import Candidate

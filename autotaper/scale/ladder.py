@@ -115,6 +115,10 @@ def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: 
     prefix = check_study_name(prefix, "--prefix") if prefix is not None else check_study_name(space.name, "name")
     out_dir = Path(out_dir or f"runs/ladder/{prefix}")
     rungs = resolve(config, p, target_spec, vocab_size=data.vocab_size)  # in the order listed: smallest first
+    from autotaper.search.preflight import preflight
+
+    for r in rungs:  # every rung checked (name, storage, memory) before the first one stores anything
+        preflight(_rung_space(space, r), storage=storage, study_name=f"{prefix}-{r.name}")
     say(f"ladder {prefix}: {len(rungs)} rungs, target {target_name} ({target_cost.params:,} params, "
         f"{target_spec.n_layers} layers, {config.target_tokens_per_param:g} tokens/param)")
     for r in rungs:
