@@ -290,6 +290,20 @@ def test_the_plan_fits_the_budget_from_the_measured_run_time(corpus):
     assert free.n_trials == 50 and free.estimate_s == pytest.approx((48 * 3 + 20) * 10.0)
 
 
+def test_the_confirmation_runs_the_seeds_its_plan_kept(corpus, tmp_path, monkeypatch):
+    """A budget too small for the space's 6 confirmation seeds: the plan cuts them (here to 2),
+    and the confirmation trains what the plan said, not the space's 6 (it once ran 6 while
+    the plan printed fewer, and overran its budget)."""
+    from autotaper.search import parse_space, run_search
+
+    monkeypatch.chdir(tmp_path)
+    space = parse_space(micro_space(corpus, name="cut", search={"n_trials": 3, "confirm": {"top_k": 1, "seeds": 6,
+                                                                                          "decompose": False}}))
+    out = run_search(space, budget_s=1.0, quiet=True)
+    assert "on 2 fresh seeds" in out.plan
+    assert out.confirmation is not None and out.confirmation["seeds"] == [1000, 1001]
+
+
 def test_a_study_made_before_racing_still_opens(corpus):
     """Its stored space has no proxy.seeds_max: an unchanged space must not be refused."""
     import optuna

@@ -421,7 +421,7 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
             raise RuntimeError(f"{len(bad)} search worker(s) exited with status {bad}")
     progress.close()
     check_failures(study, space)
-    confirmation = finish_search(study, space, data, confirm=confirm, say=say, quiet=quiet)
+    confirmation = finish_search(study, space, data, confirm=confirm, say=say, quiet=quiet, plan=plan)
     return SearchSummary(study.study_name, url, len(study.get_trials(deepcopy=False)), time.time() - started,
                          calibration=cal.to_dict(), plan=plan.text(), confirmation=confirmation)
 
@@ -447,16 +447,19 @@ def probe_suggestion(study, space: BaseSpace, data, say) -> str:
     return found["suggestion"]
 
 
-def finish_search(study, space: BaseSpace, data, *, confirm: bool, say, quiet: bool) -> dict | None:
-    """The stage after the trials, shared by both backends: confirmation on fresh seeds."""
+def finish_search(study, space: BaseSpace, data, *, confirm: bool, say, quiet: bool, plan=None) -> dict | None:
+    """The stage after the trials, shared by both backends: confirmation on fresh seeds, with
+    the top k and the seeds of the `plan` (which may have cut them to fit the budget)."""
     from autotaper.search.confirm import confirm_study
 
     c = space.settings.confirm
     if not (confirm and c.enabled):
         return None
+    top_k, seeds = (plan.confirm_top_k, plan.confirm_seeds) if plan is not None and plan.confirm_top_k \
+        else (c.top_k, c.seeds)
     extra = [probe_suggestion(study, space, data, say)] if space.settings.suggest_from_probe else []
     try:
-        out = confirm_study(study, space, data, top_k=c.top_k, seeds=c.seeds, quiet=quiet, extra=extra,
+        out = confirm_study(study, space, data, top_k=top_k, seeds=seeds, quiet=quiet, extra=extra,
                             decompose=c.decompose, steps=c.steps, tokens_per_param=c.tokens_per_param)
     except ValueError as e:  # nothing complete to confirm: the leaderboard says why
         say(f"no confirmation: {e}")

@@ -338,7 +338,8 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
                     break
                 check_failures(study, space)
             check_failures(study, space)
-            confirmation = finish_search(study, space, data, confirm=confirm, say=say, quiet=quiet)
+            confirmation = finish_search(study, space, data, confirm=confirm, say=say, quiet=quiet,
+                                         plan=plan)
     finally:
         if ours:
             ray.shutdown()
