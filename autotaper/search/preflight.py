@@ -57,8 +57,12 @@ def preflight(space: BaseSpace, *, storage: str | None, study_name: str | None, 
     train_config(space, 0)  # the recipe builds
     need = check_fits(base, space.proxy.batch_size, precision=precision, device=device,
                       what=f"proxy {space.proxy.preset}")
-    make_sampler(space, workers=workers)
-    make_pruner(space)
+    import warnings
+
+    with warnings.catch_warnings():  # built to be checked only: the search's own warn once, as before
+        warnings.simplefilter("ignore")
+        make_sampler(space, workers=workers)
+        make_pruner(space)
     return Ready(name, url, data, base, need)
 
 
