@@ -195,6 +195,9 @@ def _data_and_baseline(args):
 def _load_data(args):
     from autotaper.data import load_data
 
+    if args.data is not None and not args.data.strip():
+        raise UsageError("--data: an empty path (leave --data out for the embedded corpus)")
+
     data = load_data(args.data, tokenizer=args.tokenizer, vocab_size=args.vocab_size, strict=args.strict_data)
     if data.note():
         print(data.note(), file=sys.stderr)
@@ -414,6 +417,8 @@ def _load_space(args):
 
     seeds = getattr(args, "seeds", None)
     param = getattr(args, "param", None)
+    if getattr(args, "data", None) is not None and not args.data.strip():
+        raise UsageError("--data: an empty path (leave --data out for the space's data)")
     overrides = {"preset": getattr(args, "preset", None), "family": getattr(args, "family", None),
                  "steps": getattr(args, "steps", None), "data": getattr(args, "data", None),
                  "strict_data": getattr(args, "strict_data", None) or None,
@@ -562,7 +567,7 @@ def cmd_report(args) -> int:
         raise UsageError("autotaper report: give --study (a search) or --ladder (a ladder.json), one of them")
     if args.ladder:
         src = Path(args.ladder)
-        if not src.is_file():
+        if not src.exists():
             raise ValueError(f"report: --ladder {args.ladder!r} does not exist (autotaper ladder writes "
                              f"runs/ladder/PREFIX/ladder.json)")
         from autotaper._io import read_json
@@ -692,6 +697,8 @@ def cmd_probe(args) -> int:
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     tokenizer = args.tokenizer or (summary.get("corpus") or {}).get("tokenizer") or "bytes"
     vocab = ModelSpec.load(run / "spec.json").vocab_size if tokenizer == "bpe" else None
+    if args.data is not None and not args.data.strip():
+        raise UsageError("--data: an empty path (leave --data out for the embedded corpus)")
     data = load_data(args.data, tokenizer=tokenizer, vocab_size=vocab)
     result = probe_run(run, data, windows=args.windows, device=args.device)
     if args.suggest:

@@ -58,6 +58,7 @@ def _parse_number(text: str, where: str) -> float:
 
 MAX_RATIO = 1000.0  # a layer 1000x the baseline's width: far past any taper worth training
 MAX_MULTIPLE = 2**20  # rounding multiple (m=): wider than any layer
+MAX_TEXT = 200_000  # characters of a taper's text
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,11 @@ class Taper:
         text = text.strip()
         if text in ("", "uniform"):
             return cls()
-        return cls(tuple(_parse_segment(seg.strip(), text) for seg in text.split("+")))
+        if len(text) > MAX_TEXT:  # a per-layer list of 10,000 layers fits; the message stays one short line
+            raise ValueError(f"taper: {len(text):,} characters, over the {MAX_TEXT:,} a taper may have "
+                             f"(starts {text[:40]!r})")
+        shown = text if len(text) <= 100 else text[:80] + "..."  # messages quote it: one short line
+        return cls(tuple(_parse_segment(seg.strip(), shown) for seg in text.split("+")))
 
     @classmethod
     def coerce(cls, value: "Taper | str | None") -> "Taper":
@@ -225,7 +230,7 @@ def _parse_segment(seg: str, whole: str) -> DimTaper:
     usage = "expected DIM:CURVE:START:END[:KEY=VALUE...]"
     tokens = [t.strip() for t in seg.split(":")]
     if len(tokens) < 2 or not all(tokens):
-        raise ValueError(f"taper {whole!r}: malformed segment {seg!r} ({usage})")
+        raise ValueError(f"taper {whole!r}: malformed segment {seg[:80]!r} ({usage})")
     dim, curve = tokens[0], tokens[1]
     if dim not in DIMS:
         raise ValueError(f"taper {whole!r}: unknown dim {dim!r}; known: {', '.join(DIMS)}")

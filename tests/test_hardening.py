@@ -316,9 +316,14 @@ def test_fields_of_the_wrong_kind_or_range_are_refused(changes, needle, work, ca
     (["plan", "--preset", "tiny", "--taper", "ffn:power:1.5:0.5:p=1e308"], "taper ffn"),
     (["plan", "--preset", "tiny", "--taper", "ffn:sigmoid:1.5:0.5:k=1e308"], "taper ffn"),
     (["plan", "--preset", "tiny", "--taper", "uniform", "--tolerance", "inf"], "--tolerance"),
+    (["train", "--preset", "tiny", "--data", ""], "--data"),
+    (["search", "--space", "s.yaml", "--data", " "], "--data"),
+    (["report", "--ladder", "/dev/zero"], "device"),
+    (["plan", "--preset", "tiny", "--taper", "x" * 5000], "taper 'xxxx"),
 ])
 def test_flags_out_of_range_are_refused(args, needle, work, capsys):
-    refused(args, capsys, needle)
+    err = refused(args, capsys, needle)
+    assert all(len(line) < 400 for line in err)  # a long input is not echoed whole
     work.check()
 
 
