@@ -237,17 +237,19 @@ def test_a_search_waits_out_a_postgresql_outage_and_goes_on(tmp_path):
         reader.start()
         before = None
         deadline = time.time() + 300
+        storage = open_storage(server.url)  # one engine for the polling: one per poll leaked a connection each
         while before is None and time.time() < deadline and proc.poll() is None:  # event: a trial done, one running
             time.sleep(0.3)
             try:
-                study = optuna.load_study(study_name="outage", storage=open_storage(server.url))
+                study = optuna.load_study(study_name="outage", storage=storage)
             except KeyError:
                 continue
             states = [t.state for t in study.trials]
             if states.count(optuna.trial.TrialState.COMPLETE) >= 2 and optuna.trial.TrialState.RUNNING in states:
                 before = {t.number: t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
         assert before is not None, "".join(lines)[-2000:]
-        del study
+        storage.engine.dispose()
+        del study, storage
         server.pause()
         deadline = time.time() + 120
         while not any(line.startswith("storage: lost") for line in lines) and time.time() < deadline:
