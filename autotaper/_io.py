@@ -20,13 +20,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from autotaper.errors import InputError
+
 TEXT_LIMIT = 8 * 2**20  # a space, spec or JSON record: far above any real one
 MAX_DEPTH = 64  # nesting of a YAML or JSON document
 MAX_NODES = 200_000  # YAML nodes after alias expansion (an alias bomb expands to billions)
-
-
-class InputError(ValueError):
-    """A file or value the user gave cannot be used: one line naming it."""
 
 
 def umask() -> int:

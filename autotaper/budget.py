@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autotaper.cost import Cost, count
+from autotaper.errors import InputError
 from autotaper.families import get_family
 from autotaper.spec import ModelSpec
 from autotaper.taper import DIMS, DimTaper, Taper, discretise, format_number
@@ -93,7 +94,7 @@ class _Problem:
         for dt in self.dims:
             m = dt.multiple or default_multiple(dt.dim, baseline)
             if dt.dim == "heads" and m % baseline.group_size:
-                raise ValueError(f"taper heads.m must be a multiple of the GQA group size "
+                raise InputError(f"taper heads.m must be a multiple of the GQA group size "
                                  f"{baseline.group_size}, got {m}")
             self.multiple[dt.dim] = m
             r = dt.ratios(L)
@@ -212,9 +213,9 @@ def solve_report(baseline: ModelSpec, taper: Taper | str, *, constraint: str = "
                  tolerance: float = 1e-3) -> Solution:
     """Like `solve`, with the costs and the nominal and realised ratios per dimension."""
     if constraint not in CONSTRAINTS:
-        raise ValueError(f"constraint must be one of {', '.join(CONSTRAINTS)}, got {constraint!r}")
+        raise InputError(f"constraint must be one of {', '.join(CONSTRAINTS)}, got {constraint!r}")
     if not (tolerance >= 0 and math.isfinite(tolerance)):
-        raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+        raise InputError(f"tolerance must be a number >= 0, got {tolerance!r}")
     whole = Taper.coerce(taper)
     base = baseline.uniform()
     sol = _solve_widths(base, whole.widths_only(), constraint, tolerance)
@@ -261,7 +262,7 @@ def _solve_widths(base: ModelSpec, taper: Taper, constraint: str, tolerance: flo
             raise shape_error
         name, got, want = miss
         tried = "/".join(str(m) for m in sorted({m for ms in ladder for m in ms.values()}, reverse=True))
-        raise ValueError(
+        raise InputError(
             f"taper {taper}: cannot meet the {name} budget: {format_number(float(got))} vs "
             f"baseline {format_number(float(want))} ({(got - want) / want:+.4%}), over tolerance "
             f"{format_number(tolerance)} at rounding multiples {tried}; loosen tolerance or "
@@ -298,7 +299,7 @@ def _round(problem: _Problem, cont: dict[str, np.ndarray]) -> dict[str, np.ndarr
         L = base.n_layers
         if total < L:
             need = L * m
-            raise ValueError(
+            raise InputError(
                 f"taper {dim}: the {problem.constraint} budget leaves {w.sum():.0f} "
                 f"{dim} width over {L} layers, under the minimum of one multiple ({m}) per "
                 f"layer ({need}); lower the rounding multiple or the taper's strength")
@@ -347,9 +348,9 @@ def check_taper(spec: ModelSpec, where: str = "spec") -> None:
         if all(getattr(solved, k) == getattr(spec, k) for k in lists):
             return
     if solved is None:
-        raise ValueError(f"{where}: taper {spec.taper!r} cannot be solved for its own shape")
+        raise InputError(f"{where}: taper {spec.taper!r} cannot be solved for its own shape")
     wrong = next(k for k in lists if getattr(solved, k) != getattr(spec, k))
-    raise ValueError(f"{where}: taper {spec.taper!r} does not give the file's per-layer lists ({wrong} "
+    raise InputError(f"{where}: taper {spec.taper!r} does not give the file's per-layer lists ({wrong} "
                      f"{list(getattr(spec, wrong))} in the file, {list(getattr(solved, wrong))} from the taper); "
                      "fix the text or the lists, or write the file again with `autotaper plan --out`")
 

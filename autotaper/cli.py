@@ -14,10 +14,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from autotaper.errors import AutotaperError, InputError
+
 EXIT_USAGE = 2
+EXIT_BUG = 70  # EX_SOFTWARE (sysexits.h): an internal error
 
 
-class UsageError(Exception):
+class UsageError(InputError):
     """Bad input from the user: reported as one line, exit status 2."""
 
 
@@ -72,9 +75,7 @@ def _param_fields(args, name: str | None = None) -> dict:
 
 
 def _baseline(args, param: str | None = None):
-    from autotaper.spec import ModelSpec
-
-    from autotaper.spec import PRESETS
+    from autotaper.spec import PRESETS, ModelSpec
 
     if args.preset not in PRESETS:
         try:
@@ -275,8 +276,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from autotaper.parametrization import parse_names
     from autotaper.paired import compare_parametrizations, describe
+    from autotaper.parametrization import parse_names
     from autotaper.stats import mde
 
     names = parse_names(args.param or "sp")
@@ -568,7 +569,7 @@ def cmd_report(args) -> int:
     if args.ladder:
         src = Path(args.ladder)
         if not src.exists():
-            raise ValueError(f"report: --ladder {args.ladder!r} does not exist (autotaper ladder writes "
+            raise InputError(f"report: --ladder {args.ladder!r} does not exist (autotaper ladder writes "
                              f"runs/ladder/PREFIX/ladder.json)")
         from autotaper._io import read_json
 
@@ -576,14 +577,14 @@ def cmd_report(args) -> int:
         try:
             path = write_ladder_report(report, args.out or src.with_suffix(".html"))
         except (KeyError, TypeError, AttributeError, IndexError) as e:
-            raise ValueError(f"report: --ladder {args.ladder!r} is not a ladder.json ({e!r})") from None
+            raise InputError(f"report: --ladder {args.ladder!r} is not a ladder.json ({e!r})") from None
         print(f"report: {path}")
         return 0
     probe = None
     if args.probe:
         probe_file = Path(args.probe) / "probe.json"
         if not probe_file.is_file():
-            raise ValueError(f"report: --probe {args.probe!r} has no probe.json (run `autotaper probe "
+            raise InputError(f"report: --probe {args.probe!r} has no probe.json (run `autotaper probe "
                              f"{args.probe}` first)")
         from autotaper._io import read_json
 
@@ -591,7 +592,7 @@ def cmd_report(args) -> int:
         layers = probe.get("layers") if isinstance(probe, dict) else None
         if not isinstance(layers, list) or not layers or not all(
                 isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in PROBE_KEYS) for r in layers):
-            raise ValueError(f"report: --probe {args.probe!r}: probe.json holds no per-layer rows with "
+            raise InputError(f"report: --probe {args.probe!r}: probe.json holds no per-layer rows with "
                              f"{', '.join(PROBE_KEYS)} (rerun `autotaper probe {args.probe}`)")
     path = write_report(args.storage, args.study, args.out, probe=probe)
     print(f"report: {path}")
@@ -693,7 +694,7 @@ def cmd_probe(args) -> int:
 
     run = Path(args.run_dir)
     if not (run / "spec.json").is_file():
-        raise ValueError(f"probe: RUN_DIR {str(run)!r} has no spec.json (not an autotaper run directory)")
+        raise InputError(f"probe: RUN_DIR {str(run)!r} has no spec.json (not an autotaper run directory)")
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     tokenizer = args.tokenizer or (summary.get("corpus") or {}).get("tokenizer") or "bytes"
     vocab = ModelSpec.load(run / "spec.json").vocab_size if tokenizer == "bpe" else None
@@ -911,12 +912,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _problem_lines(e: ValueError) -> str:
-    """A ValueError as the lines to print: one per problem when a validation found several
+def _problem_lines(e: AutotaperError) -> str:
+    """An error as the lines to print: one per problem when a validation found several
     (`ProblemsError`), each naming its field and standing on its own."""
     problems = getattr(e, "problems", None)
     if not problems:
-        return f"autotaper: error: {e}"
+        return f"autotaper: error: {e.strerror if isinstance(e, OSError) and e.strerror else e}"
     return "\n".join(f"autotaper: error: {e.where}: {line}" for line in problems)
 
 
@@ -944,9 +945,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         say(f"error: {e}")
         return EXIT_USAGE
-    except ValueError as e:
+    except AutotaperError as e:  # ours: bad input exits 2, a fault of the machine or a server 1
         say(_problem_lines(e))
-        return EXIT_USAGE
+        return e.exit_code
     except RecursionError:
         say("autotaper: error: input nested too deeply")
         return EXIT_USAGE
@@ -960,17 +961,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + 13  # the shell's status for a writer killed by SIGPIPE
     except OSError as e:  # permission, a folder where a file goes, a full disk: the path and why, one line
-        if type(e).__name__ == "CheckpointError":  # what failed and what still stands (matched by name:
-            say(f"autotaper: error: {e.strerror}")  # importing it would import torch)
-            return 1
         where = f"{e.filename}: " if e.filename else ""
         say(f"autotaper: error: {where}{e.strerror or e}")
         return 1
     except MemoryError:
         say("autotaper: error: out of memory (the input asks for more than this machine has)")
         return 1
-    except RuntimeError as e:
-        if type(e).__name__ != "SearchStopped":
-            raise
-        say(f"autotaper: error: {e}")
-        return 1
+    except Exception:  # noqa: BLE001 - not ours: a bug, shown whole
+        import traceback
+
+        say(traceback.format_exc().rstrip())
+        say(f"autotaper: internal error: this is a bug in autotaper {_version().split()[-1]}, not in your input; "
+            "please report it with the command and the traceback above")
+        return EXIT_BUG

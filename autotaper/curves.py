@@ -26,11 +26,13 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from autotaper.errors import InputError
+
 
 def depth_grid(n_layers: int) -> np.ndarray:
     """Normalised depth x_l = l / (L - 1); a single layer sits at x = 0."""
     if n_layers < 1:
-        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        raise InputError(f"n_layers must be >= 1, got {n_layers}")
     if n_layers == 1:
         return np.zeros(1)
     return np.arange(n_layers, dtype=np.float64) / (n_layers - 1)
@@ -106,7 +108,7 @@ class Sigmoid(ShapeCurve):
 
     def validate(self, start, end, k=10.0):
         if not 0 < k <= MAX_SHAPE_OPTION:
-            raise ValueError(f"sigmoid option k must be in (0, {MAX_SHAPE_OPTION:g}], got {k}")
+            raise InputError(f"sigmoid option k must be in (0, {MAX_SHAPE_OPTION:g}], got {k}")
 
 
 class Power(ShapeCurve):
@@ -118,7 +120,7 @@ class Power(ShapeCurve):
 
     def validate(self, start, end, p=2.0):
         if not 0 < p <= MAX_SHAPE_OPTION:
-            raise ValueError(f"power option p must be in (0, {MAX_SHAPE_OPTION:g}], got {p}")
+            raise InputError(f"power option p must be in (0, {MAX_SHAPE_OPTION:g}], got {p}")
 
 
 class Step(Curve):
@@ -152,11 +154,11 @@ class Step(Curve):
     def validate(self, start, end, early=1 / 3, late=1 / 3, mid=float("nan")):
         for key, value in (("early", early), ("late", late)):
             if not 0 <= value <= 1:
-                raise ValueError(f"step option {key} must be in [0, 1], got {value}")
+                raise InputError(f"step option {key} must be in [0, 1], got {value}")
         if early + late > 1 + 1e-12:
-            raise ValueError(f"step options early + late must be <= 1, got {early} + {late}")
+            raise InputError(f"step options early + late must be <= 1, got {early} + {late}")
         if not math.isnan(mid) and not mid > 0:
-            raise ValueError(f"step option mid must be > 0, got {mid}")
+            raise InputError(f"step option mid must be > 0, got {mid}")
 
 
 class Explicit(Curve):
@@ -212,12 +214,12 @@ def register_curve(name: str, curve: Curve | Callable[..., np.ndarray], *,
     the name, so a registered curve must be registered again in every process that parses it.
     """
     if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"curve name must be alphanumeric (with - or _), got {name!r}")
+        raise InputError(f"curve name must be alphanumeric (with - or _), got {name!r}")
     if name in _CURVES and not overwrite:
-        raise ValueError(f"curve {name!r} is already registered (pass overwrite=True to replace it)")
+        raise InputError(f"curve {name!r} is already registered (pass overwrite=True to replace it)")
     if not isinstance(curve, Curve):
         if not callable(curve):
-            raise ValueError(f"curve must be a Curve or a callable, got {type(curve).__name__}")
+            raise InputError(f"curve must be a Curve or a callable, got {type(curve).__name__}")
         curve = FunctionCurve(name, curve, defaults or {}, monotone)
     curve.name = name
     _CURVES[name] = curve
@@ -232,7 +234,7 @@ def get_curve(name: str) -> Curve:
 
         close = difflib.get_close_matches(str(name), list(_CURVES), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown curve {name!r}{hint}; known: {', '.join(sorted(_CURVES))}") from None
+        raise InputError(f"unknown curve {name!r}{hint}; known: {', '.join(sorted(_CURVES))}") from None
 
 
 def curve_names() -> list[str]:

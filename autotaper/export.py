@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autotaper._io import fix_tree, make_temp_dir
+from autotaper.errors import InputError
 from autotaper.spec import ModelSpec
 from autotaper.train.checkpoint import load_run
 
@@ -187,17 +188,17 @@ def export_hf(run_dir: str | Path, out: str | Path, *, overwrite: bool = False, 
     import importlib.util
 
     if importlib.util.find_spec("transformers") is None:
-        raise ValueError("export: needs transformers (pip install 'autotaper[hf]')")
+        raise InputError("export: needs transformers (pip install 'autotaper[hf]')")
     from safetensors.torch import save_file
 
     out = Path(out)
     run = Path(run_dir).resolve()
     if out.resolve() == run or out.resolve() in run.parents:
-        raise ValueError(f"export: OUT {str(out)!r} would replace the run directory {str(run_dir)!r}")
+        raise InputError(f"export: OUT {str(out)!r} would replace the run directory {str(run_dir)!r}")
     if out.exists() and not out.is_dir():
-        raise ValueError(f"export: OUT {str(out)!r} exists and is not a folder")
+        raise InputError(f"export: OUT {str(out)!r} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"export: OUT {str(out)!r} is not empty; pass --overwrite to replace it")
+        raise InputError(f"export: OUT {str(out)!r} is not empty; pass --overwrite to replace it")
     spec, model, step = load_run(run_dir, command="export")
     plain, state = fold_multipliers(spec, model.state_dict())
     arch = plain_architecture(plain)
@@ -257,6 +258,6 @@ def compare_logits(folder: str | Path, model, spec: ModelSpec, *, remote_code: b
     with torch.no_grad():
         diff = (hf(idx).logits.float() - model(idx).float()).abs().max().item()
     if not diff <= atol:
-        raise ValueError(f"export: the exported model's logits differ from autotaper's by {diff:.3g} "
+        raise InputError(f"export: the exported model's logits differ from autotaper's by {diff:.3g} "
                          f"(tolerance {atol}); nothing was written")
     return diff

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autotaper.errors import InputError
+
 if TYPE_CHECKING:  # pragma: no cover
     from autotaper.spec import ModelSpec
 
@@ -110,11 +112,11 @@ _FAMILIES: dict[str, Family] = {f.name: f for f in (GPT(), Llama(), Gated())}
 def register_family(family: Family, *, overwrite: bool = False) -> Family:
     """Make `family` available by name to specs, presets, `solve` and `build_model`."""
     if not isinstance(family, Family):
-        raise ValueError(f"family must be a Family instance, got {type(family).__name__}")
+        raise InputError(f"family must be a Family instance, got {type(family).__name__}")
     if not family.name:
-        raise ValueError("family.name must be a non-empty string")
+        raise InputError("family.name must be a non-empty string")
     if family.name in _FAMILIES and not overwrite:
-        raise ValueError(f"family {family.name!r} is already registered (pass overwrite=True)")
+        raise InputError(f"family {family.name!r} is already registered (pass overwrite=True)")
     _FAMILIES[family.name] = family
     return family
 
@@ -123,7 +125,7 @@ def get_family(name: str) -> Family:
     try:
         return _FAMILIES[name]
     except KeyError:
-        raise ValueError(f"unknown family {name!r}; known: {', '.join(sorted(_FAMILIES))}") from None
+        raise InputError(f"unknown family {name!r}; known: {', '.join(sorted(_FAMILIES))}") from None
 
 
 def family_names() -> list[str]:

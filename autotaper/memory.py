@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from autotaper.errors import InputError
+
 CUDA_CONTEXT_BYTES = 600 * 2**20  # the context itself, outside torch's allocator, per process
 WORKSPACE_BYTES = 64 * 2**20  # cuBLAS workspace and allocator blocks, inside torch's allocator
 
@@ -65,7 +67,7 @@ def check_fits(spec, batch_size: int, *, precision: str = "fp32", device: str = 
     if have is not None and need > have:
         from autotaper.cost import count
 
-        raise ValueError(f"{what}: training it needs about {need / 2**30:,.1f} GiB ({count(spec).params:,} params, "
+        raise InputError(f"{what}: training it needs about {need / 2**30:,.1f} GiB ({count(spec).params:,} params, "
                          f"batch {batch_size} x {spec.context_length} tokens, vocab {spec.vocab_size:,}); "
                          f"{device} has {have / 2**30:,.1f} GiB")
     return need

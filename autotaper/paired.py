@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, MutableMapping
 
+from autotaper.errors import InputError, PairingError
 from autotaper.spec import ModelSpec
 from autotaper.stats import Paired, paired
 
@@ -44,10 +45,6 @@ def spec_key(spec: ModelSpec, train: Mapping[str, Any] | None = None) -> str:
 def metric_key(data) -> str:
     """Bits per byte when the data knows its bytes; loss per token for pre-tokenised data."""
     return "val_bpb" if data.token_bytes is not None else "val_loss"
-
-
-class PairingError(RuntimeError):
-    """A candidate did not see its baseline's batches: the comparison would be unfair."""
 
 
 @dataclass
@@ -105,7 +102,7 @@ class PairedEvaluator:
         if entry is None:
             entry = self._train(self.base, seed, dict(self.train))
             if entry["status"] != "complete" or entry["value"] is None:
-                raise ValueError(f"the uniform baseline did not train (seed {seed}): {entry['status']}, "
+                raise InputError(f"the uniform baseline did not train (seed {seed}): {entry['status']}, "
                                  f"{entry['reason']}")
             entry = self.store.setdefault(name, entry)  # another worker may have finished first: keep one
         return entry
@@ -147,7 +144,7 @@ class PairedEvaluator:
             for name, spec in specs.items():
                 r = self.run(spec, seed)
                 if r.status != "complete":
-                    raise ValueError(f"{name} on seed {seed} did not complete: {r.status} {r.reason or ''}".strip())
+                    raise InputError(f"{name} on seed {seed} did not complete: {r.status} {r.reason or ''}".strip())
                 out[name].runs.append(r)
                 if on_run:
                     on_run(name, r)
@@ -264,7 +261,7 @@ def compare_parametrizations(bases: Mapping[str, ModelSpec], taper: str, data,
         for name, ev in evaluators.items():
             r = ev.run(specs[name], seed)
             if r.status != "complete":
-                raise ValueError(f"{taper} under {name} on seed {seed} did not complete: {r.status} "
+                raise InputError(f"{taper} under {name} on seed {seed} did not complete: {r.status} "
                                  f"{r.reason or ''}".strip())
             out[name].runs.append(r)
             if on_run:

@@ -56,6 +56,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from autotaper.errors import InputError
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -71,12 +73,12 @@ def parse_names(text: str) -> list[str]:
     """'sp,mup' -> ['sp', 'mup'], each checked; for `--param`."""
     names = [t.strip() for t in str(text).split(",")]
     if not names or not all(names):
-        raise ValueError(f"--param: expected names separated by commas, got {text!r}")
+        raise InputError(f"--param: expected names separated by commas, got {text!r}")
     for name in names:
         if name not in PARAMETRIZATIONS:
-            raise ValueError(f"parametrization: unknown name {name!r} (known: {', '.join(PARAMETRIZATIONS)})")
+            raise InputError(f"parametrization: unknown name {name!r} (known: {', '.join(PARAMETRIZATIONS)})")
     if len(set(names)) != len(names):
-        raise ValueError(f"--param: a parametrization is named twice in {text!r}")
+        raise InputError(f"--param: a parametrization is named twice in {text!r}")
     return names
 
 
@@ -196,7 +198,7 @@ def rules(model: "torch.nn.Module", spec: "ModelSpec") -> dict[str, Rule]:
             fan_in = int(p.shape[1])
             if width_aware:
                 if name not in base_shapes:
-                    raise ValueError(f"parametrization {spec.parametrization}: parameter {name!r} has no "
+                    raise InputError(f"parametrization {spec.parametrization}: parameter {name!r} has no "
                                      f"counterpart in the base-shape model of family {spec.family!r}")
                 base_fan_in = base_shapes[name][1] / m_n
                 m = fan_in / base_fan_in

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autotaper.errors import InputError
 from autotaper.models import block_list
 from autotaper.models._layers import add_to_stream
 
@@ -111,7 +112,7 @@ def probe_spec(spec, data, config, *, windows: int = 64) -> dict:
     with tempfile.TemporaryDirectory(prefix="autotaper-probe-") as tmp:
         r = train(spec, data, config, out_dir=tmp, quiet=True)
         if r.status != "complete":
-            raise ValueError(f"probe: the uniform model did not train ({r.status}: {r.reason})")
+            raise InputError(f"probe: the uniform model did not train ({r.status}: {r.reason})")
         _, model, step = load_run(tmp, command="probe")
     rows = probe(model, val_windows(data.val, n=windows, context_length=spec.context_length))
     return {"run_dir": f"{spec.taper} {spec.n_layers} x {spec.d_model}, seed {config.seed}", "taper": spec.taper,
@@ -122,8 +123,8 @@ def probe_spec(spec, data, config, *, windows: int = 64) -> dict:
 def probe_run(run_dir: str | Path, data, *, windows: int = 64, batch_size: int = 16, device: str = "cpu") -> dict:
     """Probe a run directory's latest checkpoint on `windows` validation windows of `data`;
     the result is also written to RUN_DIR/probe.json."""
-    from autotaper.data.tokens import val_windows
     from autotaper._io import atomic_write_text
+    from autotaper.data.tokens import val_windows
     from autotaper.train.checkpoint import load_run
 
     spec, model, step = load_run(run_dir, command="probe")
@@ -148,7 +149,7 @@ def suggest(result: dict, *, dim: str = "ffn", strength: float = 1.0) -> str:
     later layer. The text is an explicit `list` taper, solved to a budget like any other."""
     angles = np.arccos(np.clip([r["cos"] for r in result["layers"]], -1.0, 1.0))
     if not np.all(np.isfinite(angles)) or angles.mean() <= 0:
-        raise ValueError("probe: no layer turns the stream; nothing to suggest a taper from")
+        raise InputError("probe: no layer turns the stream; nothing to suggest a taper from")
     ratios = np.clip((angles / angles.mean()) ** strength, *CLIP)
     return f"{dim}:list:" + ",".join(f"{r:.3f}" for r in ratios)
 

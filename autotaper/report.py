@@ -300,7 +300,6 @@ def write_report(storage: str | None, study_name: str, out: str | Path | None = 
                  probe: dict | None = None) -> Path:
     """Write the report (default: beside the study, runs/search/STUDY/report.html)."""
     from autotaper._io import atomic_write_text
-
     from autotaper.search.storage import check_study_name
 
     path = Path(out) if out else Path("runs") / "search" / check_study_name(study_name) / "report.html"

@@ -13,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from autotaper.errors import InputError
 
 SPEC_FILE_REQUIRED = ("family", "vocab_size", "d_model", "n_layers", "n_heads", "ffn_width", "context_length")
 
@@ -31,10 +32,10 @@ MAX_WIDTH = 2**20  # d_model, heads, head_dim, ffn width
 
 def _positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
     high = LIMITS.get(name.split("[")[0], MAX_WIDTH)
     if value > high:
-        raise ValueError(f"{name} must be at most {high:,}, got {value:,}")
+        raise InputError(f"{name} must be at most {high:,}, got {value:,}")
 
 
 @dataclass(frozen=True)
@@ -76,22 +77,22 @@ class ModelSpec:
             set_("n_kv_heads", self.n_heads)
         _positive_int("n_kv_heads", self.n_kv_heads)
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
+            raise InputError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
                              f"({self.n_kv_heads})")
         if self.head_dim is None:
             if self.d_model % self.n_heads:
-                raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads "
+                raise InputError(f"d_model ({self.d_model}) must be divisible by n_heads "
                                  f"({self.n_heads}) unless head_dim is given")
             set_("head_dim", self.d_model // self.n_heads)
         _positive_int("head_dim", self.head_dim)
         if family.rotary and self.head_dim % 2:
-            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+            raise InputError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if not isinstance(self.tie_embeddings, bool):
-            raise ValueError(f"tie_embeddings must be true or false, got {self.tie_embeddings!r}")
+            raise InputError(f"tie_embeddings must be true or false, got {self.tie_embeddings!r}")
         for name in ("rope_theta", "norm_eps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
         defaults = {"layer_ffn": self.ffn_width, "layer_heads": self.n_heads,
                     "layer_kv_heads": self.n_kv_heads, "layer_d_model": self.d_model}
         for name, default in defaults.items():
@@ -99,21 +100,21 @@ class ModelSpec:
             if value is None:
                 value = (default,) * self.n_layers
             if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
-                raise ValueError(f"{name} must be a list of {self.n_layers} integers, got {value!r}")
+                raise InputError(f"{name} must be a list of {self.n_layers} integers, got {value!r}")
             value = tuple(value)
             if len(value) != self.n_layers:
-                raise ValueError(f"{name} must have n_layers={self.n_layers} entries, got {len(value)}")
+                raise InputError(f"{name} must have n_layers={self.n_layers} entries, got {len(value)}")
             for i, v in enumerate(value):
                 _positive_int(f"{name}[{i}]", v)
             set_(name, tuple(int(v) for v in value))
         for i, (h, kv) in enumerate(zip(self.layer_heads, self.layer_kv_heads)):
             if h % kv:
-                raise ValueError(f"layer_heads[{i}] ({h}) must be a multiple of layer_kv_heads[{i}] ({kv})")
+                raise InputError(f"layer_heads[{i}] ({h}) must be a multiple of layer_kv_heads[{i}] ({kv})")
         from autotaper.parametrization import problems
 
         found = problems(self.parametrization, self.depth_alpha)
         if found:
-            raise ValueError(found[0])
+            raise InputError(found[0])
         set_("depth_alpha", float(self.depth_alpha))
         for name in ("base_d_model", "base_n_layers"):
             if getattr(self, name) is not None:
@@ -122,12 +123,12 @@ class ModelSpec:
         if lrs is None:
             lrs = (1.0,) * self.n_layers
         if isinstance(lrs, (str, bytes)) or not hasattr(lrs, "__len__"):
-            raise ValueError(f"layer_lr must be a list of {self.n_layers} numbers, got {lrs!r}")
+            raise InputError(f"layer_lr must be a list of {self.n_layers} numbers, got {lrs!r}")
         if len(lrs) != self.n_layers:
-            raise ValueError(f"layer_lr must have n_layers={self.n_layers} entries, got {len(lrs)}")
+            raise InputError(f"layer_lr must have n_layers={self.n_layers} entries, got {len(lrs)}")
         for i, v in enumerate(lrs):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-                raise ValueError(f"layer_lr[{i}] must be a number > 0, got {v!r}")
+                raise InputError(f"layer_lr[{i}] must be a number > 0, got {v!r}")
         set_("layer_lr", tuple(float(v) for v in lrs))
 
     # -- derived -------------------------------------------------------------------------
@@ -161,11 +162,11 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
         if not isinstance(data, dict):
-            raise ValueError(f"a model spec must be a mapping, got {type(data).__name__}")
+            raise InputError(f"a model spec must be a mapping, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown model spec field(s): {', '.join(unknown)}")
+            raise InputError(f"unknown model spec field(s): {', '.join(unknown)}")
         return cls(**data)
 
     def save(self, path: str | Path) -> Path:
@@ -187,14 +188,14 @@ class ModelSpec:
         path = Path(path)
         data = read_json(path, f"spec file {str(path)!r}")
         if not isinstance(data, dict):
-            raise ValueError(f"spec file {str(path)!r}: must hold a JSON object, got {type(data).__name__}")
+            raise InputError(f"spec file {str(path)!r}: must hold a JSON object, got {type(data).__name__}")
         missing = [k for k in SPEC_FILE_REQUIRED if k not in data]
         if missing:
-            raise ValueError(f"spec file {str(path)!r}: missing field(s) {', '.join(missing)}")
+            raise InputError(f"spec file {str(path)!r}: missing field(s) {', '.join(missing)}")
         try:
             return cls.from_dict(data)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"spec file {str(path)!r}: {e}") from None
+            raise InputError(f"spec file {str(path)!r}: {e}") from None
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -222,7 +223,7 @@ class ModelSpec:
 
             close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown preset {name!r}{hint}; known: {', '.join(PRESETS)}")
+            raise InputError(f"unknown preset {name!r}{hint}; known: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
 

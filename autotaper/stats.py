@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from autotaper.errors import InputError
+
 ALPHA = 0.05
 POWER = 0.8
 
@@ -57,7 +59,7 @@ def paired(differences: Sequence[float]) -> Paired:
     d = [float(x) for x in differences]
     n = len(d)
     if n == 0:
-        raise ValueError("paired statistics need at least one difference")
+        raise InputError("paired statistics need at least one difference")
     mean = sum(d) / n
     if n == 1:
         return Paired(1, mean, None, None, None)
@@ -109,7 +111,7 @@ def seeds_for_mde(sd: float | None, target: float, *, alpha: float = ALPHA, targ
     """Fewest paired seeds whose MDE is at most `target`; None when sd is unknown or more
     than `limit` seeds would be needed."""
     if target <= 0:
-        raise ValueError(f"target MDE must be > 0, got {target!r}")
+        raise InputError(f"target MDE must be > 0, got {target!r}")
     if sd is None:
         return None
     if sd == 0:

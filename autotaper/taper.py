@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autotaper.curves import depth_grid, get_curve
+from autotaper.errors import InputError
 
 DIMS = ("ffn", "heads", "embed", "lr")
 WIDTH_DIMS = ("ffn", "heads", "embed")  # the dimensions a budget is solved over; lr is free
@@ -50,9 +51,9 @@ def _parse_number(text: str, where: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{where} must be a number, got {text!r}") from None
+        raise InputError(f"{where} must be a number, got {text!r}") from None
     if not math.isfinite(value):
-        raise ValueError(f"{where} must be finite, got {text!r}")
+        raise InputError(f"{where} must be finite, got {text!r}")
     return value
 
 
@@ -74,22 +75,22 @@ class DimTaper:
 
     def __post_init__(self) -> None:
         if self.dim not in DIMS:
-            raise ValueError(f"taper dim must be one of {', '.join(DIMS)}, got {self.dim!r}")
+            raise InputError(f"taper dim must be one of {', '.join(DIMS)}, got {self.dim!r}")
         curve = get_curve(self.curve)
         where = f"taper {self.dim}"
         if self.curve == "list":
             if not self.values:
-                raise ValueError(f"{where}: the list curve needs per-layer ratios, got none")
+                raise InputError(f"{where}: the list curve needs per-layer ratios, got none")
             for v in self.values:
                 if not (v > 0 and math.isfinite(v)):
-                    raise ValueError(f"{where}: list ratios must be > 0, got {format_number(v)}")
+                    raise InputError(f"{where}: list ratios must be > 0, got {format_number(v)}")
         elif self.values:
-            raise ValueError(f"{where}: values are only for the list curve, not {self.curve!r}")
+            raise InputError(f"{where}: values are only for the list curve, not {self.curve!r}")
         for name, value in (("start", self.start), ("end", self.end)):
             if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{where}.{name} must be a ratio > 0, got {format_number(value)}")
+                raise InputError(f"{where}.{name} must be a ratio > 0, got {format_number(value)}")
             if value > MAX_RATIO:
-                raise ValueError(f"{where}.{name} must be a ratio of at most {MAX_RATIO:g}, got {format_number(value)}")
+                raise InputError(f"{where}.{name} must be a ratio of at most {MAX_RATIO:g}, got {format_number(value)}")
         if not curve.uses_endpoints or self.curve == "uniform":
             object.__setattr__(self, "start", 1.0)
             object.__setattr__(self, "end", 1.0)
@@ -97,14 +98,14 @@ class DimTaper:
         allowed = dict(curve.defaults, m=float("nan"))
         for key, value in opts.items():
             if key not in allowed:
-                raise ValueError(f"{where}: unknown option {key!r} for curve {self.curve!r}; "
+                raise InputError(f"{where}: unknown option {key!r} for curve {self.curve!r}; "
                                  f"allowed: {', '.join(sorted(allowed))}")
             if not math.isfinite(value):
-                raise ValueError(f"{where}.{key} must be finite, got {value}")
+                raise InputError(f"{where}.{key} must be finite, got {value}")
         if "m" in opts and self.dim == "lr":
-            raise ValueError(f"{where}: the lr dimension has no rounding multiple (m=)")
+            raise InputError(f"{where}: the lr dimension has no rounding multiple (m=)")
         if "m" in opts and (opts["m"] < 1 or opts["m"] != int(opts["m"]) or opts["m"] > MAX_MULTIPLE):
-            raise ValueError(f"{where}.m (rounding multiple) must be a positive integer, got "
+            raise InputError(f"{where}.m (rounding multiple) must be a positive integer, got "
                              f"{format_number(opts['m'])}")
         # Options equal to their defaults are dropped so equal tapers compare and print equal.
         kept = tuple(sorted((k, float(v)) for k, v in opts.items()
@@ -114,7 +115,7 @@ class DimTaper:
         try:
             curve.validate(self.start, self.end, **self.curve_options)
         except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+            raise InputError(f"{where}: {e}") from None
 
     @property
     def curve_options(self) -> dict[str, float]:
@@ -133,14 +134,14 @@ class DimTaper:
         """Nominal (un-rounded, un-normalised) ratio per layer."""
         if self.curve == "list":
             if len(self.values) != n_layers:
-                raise ValueError(f"taper {self.dim}: the list has {len(self.values)} ratios but the "
+                raise InputError(f"taper {self.dim}: the list has {len(self.values)} ratios but the "
                                  f"model has n_layers={n_layers}")
             return np.array(self.values, dtype=np.float64)
         out = get_curve(self.curve).ratios(depth_grid(n_layers), self.start, self.end,
                                            **self.curve_options)
         out = np.asarray(out, dtype=np.float64)
         if out.shape != (n_layers,) or not np.all(np.isfinite(out)) or np.any(out <= 0):
-            raise ValueError(f"taper {self.dim}: curve {self.curve!r} gave invalid ratios {out}")
+            raise InputError(f"taper {self.dim}: curve {self.curve!r} gave invalid ratios {out}")
         return out
 
     def direction(self, n_layers: int) -> int:
@@ -185,19 +186,19 @@ class Taper:
         seen = [d.dim for d in self.dims]
         for dim in DIMS:
             if seen.count(dim) > 1:
-                raise ValueError(f"taper names dim {dim!r} more than once")
+                raise InputError(f"taper names dim {dim!r} more than once")
         ordered = tuple(sorted((d for d in self.dims if not d.is_uniform), key=lambda d: DIMS.index(d.dim)))
         object.__setattr__(self, "dims", ordered)
 
     @classmethod
     def parse(cls, text: str) -> "Taper":
         if not isinstance(text, str):
-            raise ValueError(f"taper must be text, got {type(text).__name__}")
+            raise InputError(f"taper must be text, got {type(text).__name__}")
         text = text.strip()
         if text in ("", "uniform"):
             return cls()
         if len(text) > MAX_TEXT:  # a per-layer list of 10,000 layers fits; the message stays one short line
-            raise ValueError(f"taper: {len(text):,} characters, over the {MAX_TEXT:,} a taper may have "
+            raise InputError(f"taper: {len(text):,} characters, over the {MAX_TEXT:,} a taper may have "
                              f"(starts {text[:40]!r})")
         shown = text if len(text) <= 100 else text[:80] + "..."  # messages quote it: one short line
         return cls(tuple(_parse_segment(seg.strip(), shown) for seg in text.split("+")))
@@ -230,22 +231,22 @@ def _parse_segment(seg: str, whole: str) -> DimTaper:
     usage = "expected DIM:CURVE:START:END[:KEY=VALUE...]"
     tokens = [t.strip() for t in seg.split(":")]
     if len(tokens) < 2 or not all(tokens):
-        raise ValueError(f"taper {whole!r}: malformed segment {seg[:80]!r} ({usage})")
+        raise InputError(f"taper {whole!r}: malformed segment {seg[:80]!r} ({usage})")
     dim, curve = tokens[0], tokens[1]
     if dim not in DIMS:
-        raise ValueError(f"taper {whole!r}: unknown dim {dim!r}; known: {', '.join(DIMS)}")
+        raise InputError(f"taper {whole!r}: unknown dim {dim!r}; known: {', '.join(DIMS)}")
     get_curve(curve)
     rest = tokens[2:]
     values: tuple[float, ...] = ()
     start = end = 1.0
     if curve == "list":
         if not rest or "=" in rest[0]:
-            raise ValueError(f"taper {whole!r}: the list curve needs ratios, e.g. {dim}:list:1.5,1,0.5")
+            raise InputError(f"taper {whole!r}: the list curve needs ratios, e.g. {dim}:list:1.5,1,0.5")
         values = tuple(_parse_number(v, f"taper {dim} list ratio") for v in rest[0].split(","))
         rest = rest[1:]
     elif curve != "uniform":
         if len(rest) < 2 or "=" in rest[0] or "=" in rest[1]:
-            raise ValueError(f"taper {whole!r}: segment {seg!r} needs START and END ({usage})")
+            raise InputError(f"taper {whole!r}: segment {seg!r} needs START and END ({usage})")
         start = _parse_number(rest[0], f"taper {dim}.start")
         end = _parse_number(rest[1], f"taper {dim}.end")
         rest = rest[2:]
@@ -253,11 +254,11 @@ def _parse_segment(seg: str, whole: str) -> DimTaper:
     for item in rest:
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise ValueError(f"taper {whole!r}: option {item!r} must be KEY=VALUE")
+            raise InputError(f"taper {whole!r}: option {item!r} must be KEY=VALUE")
         options.append((key.strip(), _parse_number(value.strip(), f"taper {dim}.{key.strip()}")))
     keys = [k for k, _ in options]
     if len(set(keys)) != len(keys):
-        raise ValueError(f"taper {whole!r}: option repeated in {seg!r}")
+        raise InputError(f"taper {whole!r}: option repeated in {seg!r}")
     return DimTaper(dim, curve, start, end, values, tuple(options))
 
 
@@ -271,7 +272,7 @@ def discretise(target: np.ndarray, *, total_units: int, direction: int = 0) -> n
     u = np.asarray(target, dtype=np.float64).copy()
     n = len(u)
     if total_units < n:
-        raise ValueError(f"cannot give {n} layers at least one multiple each from {total_units} units")
+        raise InputError(f"cannot give {n} layers at least one multiple each from {total_units} units")
     u *= total_units / u.sum()
     # Water-fill the minimum: layers under one unit are pinned at one, the rest rescaled.
     for _ in range(n):

@@ -19,6 +19,8 @@ import sysconfig
 from pathlib import Path
 from typing import Iterator
 
+from autotaper.errors import InputError
+
 VAL_PERCENT = 2
 MIN_VAL_BYTES = 256 * 1024  # = validation tokens with the byte tokenizer (BPE: about 1/3.4 of it)
 MAX_VAL_SHARE = 0.1  # validation never takes more than this share of the corpus's bytes
@@ -53,7 +55,7 @@ def split_documents(docs: list[tuple[str, bytes]]) -> tuple[list[bytes], list[by
     if not val:  # tiny corpora: the last document validates
         train, val = train[:-1], train[-1:]
     if not train:
-        raise ValueError("data: the corpus needs at least two documents (files) to split train/val; "
+        raise InputError("data: the corpus needs at least two documents (files) to split train/val; "
                          "add a file or pass pre-tokenised data")
     return train, val
 
@@ -96,15 +98,15 @@ def resolve_text_files(source: str) -> list[Path]:
     if any(ch in source for ch in "*?["):
         paths = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
         if not paths:
-            raise ValueError(f"data: the glob {source!r} matches no files")
+            raise InputError(f"data: the glob {source!r} matches no files")
         return paths
     path = Path(source)
     if not path.exists():
-        raise ValueError(f"data: path {source!r} does not exist")
+        raise InputError(f"data: path {source!r} does not exist")
     if path.is_dir():
         paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
         if not paths:
-            raise ValueError(f"data: directory {source!r} holds no text files "
+            raise InputError(f"data: directory {source!r} holds no text files "
                              f"({', '.join(sorted(TEXT_SUFFIXES))})")
         return paths
     from autotaper._io import regular_file
@@ -120,7 +122,7 @@ def check_size(paths: list[Path], source: str) -> None:
     total = sum(p.stat().st_size for p in paths)
     have = available_bytes("cpu")
     if have is not None and total * TEXT_MEMORY_FACTOR > have:
-        raise ValueError(f"data: {source!r} holds {total / 2**30:,.1f} GiB of text; tokenising it here needs about "
+        raise InputError(f"data: {source!r} holds {total / 2**30:,.1f} GiB of text; tokenising it here needs about "
                          f"{total * TEXT_MEMORY_FACTOR / 2**30:,.0f} GiB and this machine has {have / 2**30:,.1f} "
                          f"GiB: tokenise it elsewhere into a .bin/.npy token file")
 
@@ -148,7 +150,7 @@ def file_documents(paths: list[Path], *, strict: bool = False,
         if strict or skipped is None or len(paths) == 1:
             hint = "; pass text, or a .bin/.npy token file" if len(paths) == 1 else \
                 "; leave out --strict-data to skip such files"
-            raise ValueError(f"data: {str(path)!r} is not usable text ({why}){hint}")
+            raise InputError(f"data: {str(path)!r} is not usable text ({why}){hint}")
         skipped.append((os.path.relpath(str(path.resolve()), common), why))
 
 
@@ -166,9 +168,9 @@ def hf_documents(location: str, column: str = "text") -> Iterator[tuple[str, byt
     try:
         import datasets
     except ImportError:
-        raise ValueError("data: hf: sources need the `datasets` package (pip install datasets)") from None
+        raise InputError("data: hf: sources need the `datasets` package (pip install datasets)") from None
     if not Path(location).exists():
-        raise ValueError(f"data: Hugging Face dataset path {location!r} does not exist")
+        raise InputError(f"data: Hugging Face dataset path {location!r} does not exist")
     try:
         ds = datasets.load_from_disk(location)
     except FileNotFoundError:
@@ -176,7 +178,7 @@ def hf_documents(location: str, column: str = "text") -> Iterator[tuple[str, byt
             ds = datasets.load_dataset(location)
         except Exception as e:  # noqa: BLE001 - datasets raises many kinds for a folder it cannot read
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise ValueError(f"data: hf:{location} is neither a saved dataset (save_to_disk) nor one "
+            raise InputError(f"data: hf:{location} is neither a saved dataset (save_to_disk) nor one "
                              f"load_dataset reads ({first})") from None
     if isinstance(ds, datasets.DatasetDict):
         splits = [(name, ds[name]) for name in sorted(ds)]
@@ -184,7 +186,7 @@ def hf_documents(location: str, column: str = "text") -> Iterator[tuple[str, byt
         splits = [("data", ds)]
     for split, part in splits:
         if column not in part.column_names:
-            raise ValueError(f"data: dataset {location!r} has no column {column!r} "
+            raise InputError(f"data: dataset {location!r} has no column {column!r} "
                              f"(columns: {', '.join(part.column_names)})")
         for i, text in enumerate(part[column]):
             yield f"{split}/{i}", str(text).encode("utf-8")

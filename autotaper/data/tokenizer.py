@@ -12,6 +12,8 @@ from typing import Iterable
 
 import numpy as np
 
+from autotaper.errors import InputError
+
 
 class ByteTokenizer:
     name = "bytes"
@@ -42,7 +44,7 @@ class BPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         if not 256 < vocab_size <= 65536:
-            raise ValueError(f"bpe vocab_size must be in (256, 65536], got {vocab_size}")
+            raise InputError(f"bpe vocab_size must be in (256, 65536], got {vocab_size}")
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()

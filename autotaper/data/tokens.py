@@ -20,9 +20,20 @@ from typing import Iterator
 
 import numpy as np
 
-from autotaper.data.corpus import (SKIP_SHOWN, SPLIT_VERSION, check_size, file_documents, hf_documents, resolve_text_files,
-                                   skipped_summary, split_documents, stdlib_documents, stdlib_files)
+from autotaper.data.corpus import (
+    SKIP_SHOWN,
+    SPLIT_VERSION,
+    check_size,
+    file_documents,
+    hf_documents,
+    resolve_text_files,
+    skipped_summary,
+    split_documents,
+    stdlib_documents,
+    stdlib_files,
+)
 from autotaper.data.tokenizer import BPETokenizer, ByteTokenizer
+from autotaper.errors import InputError
 from autotaper.spec import MAX_VOCAB
 
 DEFAULT_BPE_VOCAB = 4096
@@ -50,11 +61,11 @@ class TokenData:
         """Fail before training when the data cannot feed this model."""
         for split, arr in (("train", self.train), ("val", self.val)):
             if len(arr) < context_length + 1:
-                raise ValueError(f"data: the {split} split has {len(arr)} tokens, fewer than one "
+                raise InputError(f"data: the {split} split has {len(arr)} tokens, fewer than one "
                                  f"context of {context_length} + 1")
         top = int(self.manifest.get("max_token", -1))
         if top >= vocab_size:
-            raise ValueError(f"data: token id {top} is over the model's vocab_size={vocab_size}")
+            raise InputError(f"data: token id {top} is over the model's vocab_size={vocab_size}")
 
     def note(self) -> str | None:
         """Lines to print about the corpus: files it skipped, a small validation split (see
@@ -99,7 +110,7 @@ def load_data(source: str | None = None, *, tokenizer: str = "bytes", vocab_size
     Files of a directory or glob that are not UTF-8 text, or not readable, are left out and
     named in `TokenData.note()` (and the manifest's "skipped"); `strict` refuses them."""
     if tokenizer not in ("bytes", "bpe"):
-        raise ValueError(f"tokenizer must be 'bytes' or 'bpe', got {tokenizer!r}")
+        raise InputError(f"tokenizer must be 'bytes' or 'bpe', got {tokenizer!r}")
     root = Path(cache_dir) if cache_dir else cache_root()
     if source is not None and not str(source).startswith("hf:") and str(source).endswith(TOKEN_SUFFIXES):
         return _load_token_file(Path(source))
@@ -127,10 +138,10 @@ def load_data(source: str | None = None, *, tokenizer: str = "bytes", vocab_size
         name, docs = str(source), list(file_documents(paths, strict=strict, skipped=skipped))
         if skipped and not docs:
             first, why = skipped[0]
-            raise ValueError(f"data: none of the {len(paths):,} files of {name!r} is usable text "
+            raise InputError(f"data: none of the {len(paths):,} files of {name!r} is usable text "
                              f"(first: {first!r}, {why})")
     if not docs or not any(d for _, d in docs):
-        raise ValueError(f"data: source {name!r} holds no text")
+        raise InputError(f"data: source {name!r} holds no text")
     extra = {"skipped": {"count": len(skipped), "of": len(docs) + len(skipped),
                          "first": [list(x) for x in skipped[:SKIP_SHOWN]]}} if skipped else {}
     sha = hashlib.sha256()
@@ -155,7 +166,7 @@ def _strict_check(data: TokenData, strict: bool) -> TokenData:
     skipped = data.manifest.get("skipped")
     if strict and skipped:
         first, why = skipped["first"][0]
-        raise ValueError(f"data: {first!r} in {data.name!r} is not usable text ({why}), and "
+        raise InputError(f"data: {first!r} in {data.name!r} is not usable text ({why}), and "
                          f"{skipped['count'] - 1} more; leave out --strict-data to skip such files")
     return data
 
@@ -234,17 +245,17 @@ def _read_tokens(path: Path) -> np.ndarray:
         try:
             arr = np.load(path, mmap_mode="r")
         except (ValueError, OSError, EOFError) as e:  # not an .npy file, an object array, a truncated header
-            raise ValueError(f"data: {str(path)!r} is not a NumPy token array ({str(e).splitlines()[0][:120]})") from None
+            raise InputError(f"data: {str(path)!r} is not a NumPy token array ({str(e).splitlines()[0][:120]})") from None
         if arr.ndim != 1 or arr.dtype.kind not in "iu":
-            raise ValueError(f"data: {str(path)!r} must hold a 1-D integer array, got {arr.dtype} {arr.shape}")
+            raise InputError(f"data: {str(path)!r} must hold a 1-D integer array, got {arr.dtype} {arr.shape}")
         if arr.size and int(arr.min()) < 0:
-            raise ValueError(f"data: {str(path)!r} holds negative token ids")
+            raise InputError(f"data: {str(path)!r} holds negative token ids")
         if arr.size and int(arr.max()) >= MAX_VOCAB:
-            raise ValueError(f"data: {str(path)!r} holds token id {int(arr.max()):,}, over the largest vocabulary "
+            raise InputError(f"data: {str(path)!r} holds token id {int(arr.max()):,}, over the largest vocabulary "
                              f"a model may have ({MAX_VOCAB:,})")
         return arr
     if path.stat().st_size % 2:
-        raise ValueError(f"data: {str(path)!r} is not a uint16 token file (odd byte length)")
+        raise InputError(f"data: {str(path)!r} is not a uint16 token file (odd byte length)")
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 

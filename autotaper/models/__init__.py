@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from autotaper.errors import InputError
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -33,7 +35,7 @@ def block_list(model: "torch.nn.Module") -> "torch.nn.ModuleList":
 
     lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
     if not lists:
-        raise ValueError(f"{type(model).__name__} has no ModuleList of blocks")
+        raise InputError(f"{type(model).__name__} has no ModuleList of blocks")
     return max(lists, key=len)
 
 

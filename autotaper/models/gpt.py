@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from autotaper.errors import InputError
 from autotaper.models._layers import add_to_stream, causal_attention
 from autotaper.parametrization import logit_scale, residual_scale
 from autotaper.spec import ModelSpec
@@ -71,7 +72,7 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         B, T = idx.shape
         if T > self.spec.context_length:
-            raise ValueError(f"sequence length {T} exceeds context_length {self.spec.context_length}")
+            raise InputError(f"sequence length {T} exceeds context_length {self.spec.context_length}")
         pos = torch.arange(T, device=idx.device)
         x = self.wte(idx) + self.wpe(pos)  # (B, T, D)
         for block in self.h:

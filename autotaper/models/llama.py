@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from autotaper.errors import InputError
 from autotaper.models._layers import add_to_stream, causal_attention
 from autotaper.parametrization import logit_scale, residual_scale
 from autotaper.spec import ModelSpec
@@ -111,7 +112,7 @@ class Llama(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         B, T = idx.shape
         if T > self.spec.context_length:
-            raise ValueError(f"sequence length {T} exceeds context_length {self.spec.context_length}")
+            raise InputError(f"sequence length {T} exceeds context_length {self.spec.context_length}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.embed(idx)  # (B, T, D)
         for block in self.layers:

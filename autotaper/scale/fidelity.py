@@ -23,6 +23,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from autotaper.errors import InputError
+
 UNIFORM = "uniform"
 
 
@@ -95,7 +97,7 @@ def fidelity(a: str, deltas_a: Mapping[str, Sequence[float]], b: str, deltas_b: 
     na = {len(deltas_a[t]) for t in tapers} or {1}
     nb = {len(deltas_b[t]) for t in tapers} or {1}
     if len(na) != 1 or len(nb) != 1:
-        raise ValueError("fidelity: every taper of a scale needs the same seeds")
+        raise InputError("fidelity: every taper of a scale needs the same seeds")
     A = np.array([[0.0] * na.pop()] + [list(deltas_a[t]) for t in tapers])  # tapers x seeds
     B = np.array([[0.0] * nb.pop()] + [list(deltas_b[t]) for t in tapers])
     rho, tau = rank_correlations(A.mean(1), B.mean(1))

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autotaper.errors import InputError
 from autotaper.parametrization import describe as describe_param
 from autotaper.scale.fidelity import UNIFORM, fidelity
 from autotaper.scale.rungs import LadderConfig, Rung, check_scales, parse_ladder, resolve
@@ -63,7 +64,7 @@ def load_ladder(path: str | Path, *, scales: list[str] | None = None,
     if scales:
         return space, parse_ladder({**(raw or {}), "rungs": check_scales(scales)})
     if raw is None:
-        raise ValueError(f"space {path.name}: no ladder section; pass --scales PRESET,PRESET,... "
+        raise InputError(f"space {path.name}: no ladder section; pass --scales PRESET,PRESET,... "
                          f"or add ladder: {{rungs: [...]}}")
     return space, parse_ladder(raw)
 
@@ -76,7 +77,7 @@ def load_target(text: str, *, vocab_size: int | None = None):
         return ModelSpec.from_name(text).uniform(), text
     if Path(text).suffix == ".json" or Path(text).exists():
         return ModelSpec.load(text).uniform(), Path(text).stem
-    raise ValueError(f"--target: {text!r} is neither a preset ({', '.join(PRESETS)}) nor a spec file")
+    raise InputError(f"--target: {text!r} is neither a preset ({', '.join(PRESETS)}) nor a spec file")
 
 
 def _rung_space(space: YamlSpace, rung: Rung) -> YamlSpace:

@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from autotaper.errors import InputError
 from autotaper.search.space import SHAPE_KEYS, Proxy
 
 TARGET = "target"  # n_layers / tokens_per_param: take the target's value
@@ -132,7 +133,7 @@ def parse_ladder(raw: Any, *, where: str = "ladder") -> LadderConfig:
 
     problems: list[str] = []
     if not isinstance(raw, dict):
-        raise ValueError(f"{where}: must be a mapping with rungs, got {raw!r}")
+        raise InputError(f"{where}: must be a mapping with rungs, got {raw!r}")
     for key in sorted(set(raw) - LADDER_KEYS):
         problems.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(LADDER_KEYS))})")
     rungs_raw = raw.get("rungs")
@@ -225,12 +226,12 @@ def check_scales(names: list[str]) -> list[str]:
 
     names = [n.strip() for n in names if n.strip()]
     if len(names) < 2:
-        raise ValueError(f"--scales: a ladder needs at least 2 scales, got {','.join(names)!r}")
+        raise InputError(f"--scales: a ladder needs at least 2 scales, got {','.join(names)!r}")
     for n in names:
         if n not in PRESETS:
-            raise ValueError(f"--scales: unknown preset {n!r} (known: {', '.join(PRESETS)})")
+            raise InputError(f"--scales: unknown preset {n!r} (known: {', '.join(PRESETS)})")
     if len(set(names)) != len(names):
-        raise ValueError(f"--scales: a preset named twice in {','.join(names)!r}")
+        raise InputError(f"--scales: a preset named twice in {','.join(names)!r}")
     return names
 
 
@@ -264,7 +265,7 @@ def resolve(config: LadderConfig, proxy: Proxy, target, *, vocab_size: int) -> l
         try:
             spec = spec_of(preset, shape, base)
         except ValueError as e:
-            raise ValueError(f"ladder rung {r.name}: {e}") from None
+            raise InputError(f"ladder rung {r.name}: {e}") from None
         c = count(spec)
         batch = r.batch_size or proxy.batch_size
         per_step = batch * spec.context_length
@@ -295,7 +296,7 @@ def resolve(config: LadderConfig, proxy: Proxy, target, *, vocab_size: int) -> l
                                          eval_every=steps if proxy.eval_every == proxy.steps else proxy.eval_every)
         problems = rung_proxy.problems()
         if problems:
-            raise ValueError(f"ladder rung {r.name}: " + "; ".join(problems))
+            raise InputError(f"ladder rung {r.name}: " + "; ".join(problems))
         tokens = steps * per_step
         out.append(Rung(r.name, rung_proxy, c.params, c.params_non_embedding, spec.n_layers, spec.d_model, tokens,
                         tokens / c.params, float(wanted), clamped, r.depth_proxy, note))

@@ -36,6 +36,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from autotaper.errors import InputError
+
 AXES = ("log10_params", "n_layers", "log10_tokens_per_param")
 RESOLUTION = 0.025  # smallest bootstrap SD of a rung's best knob (the probe set is discrete)
 N_BOOT = 2000
@@ -106,9 +108,9 @@ def fit_trend(points: Sequence[Mapping[str, Any]], y: Sequence[float], se: Seque
 
     y, se = np.asarray(y, float), np.asarray(se, float)
     if len(y) < 2:
-        raise ValueError(f"trend of {quantity or 'a quantity'}: needs 2 or more rungs, got {len(y)}")
+        raise InputError(f"trend of {quantity or 'a quantity'}: needs 2 or more rungs, got {len(y)}")
     if np.any(~np.isfinite(se)) or np.any(se <= 0):
-        raise ValueError(f"trend of {quantity}: standard errors must be finite and > 0, got {se.tolist()}")
+        raise InputError(f"trend of {quantity}: standard errors must be finite and > 0, got {se.tolist()}")
     feats = [features(p) for p in points]
     w = 1.0 / se ** 2
     candidates = list(axes if axes is not None else AXES)
@@ -155,7 +157,7 @@ def best_per_rung(deltas: Mapping[str, Sequence[float]], knob: Mapping[str, floa
         labels.append("uniform")
     n = {len(deltas[t]) for t in labels if t != "uniform"}
     if len(n) != 1:
-        raise ValueError("best_per_rung: every probe taper needs the same seeds")
+        raise InputError("best_per_rung: every probe taper needs the same seeds")
     n_seeds = n.pop()
     D = np.array([list(deltas[t]) if t != "uniform" else [0.0] * n_seeds for t in labels])
     means = D.mean(1)

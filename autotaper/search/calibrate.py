@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from autotaper import stats
+from autotaper.errors import InputError
 from autotaper.search.space import PAPER_DEFAULT, BaseSpace
 
 CALIBRATION_ATTR = "calibration"
@@ -150,7 +151,7 @@ def measure_noise(study, space: BaseSpace, data, *, lrs: Sequence[float] = (), q
         if reference is not None:
             r = ev.run(reference, seed)
             if r.status != "complete":
-                raise ValueError(f"calibration: {PAPER_DEFAULT} did not train on seed {seed}: {r.reason}")
+                raise InputError(f"calibration: {PAPER_DEFAULT} did not train on seed {seed}: {r.reason}")
             if not r.cached:
                 walls.append(r.entry["train_wall_s"])
             ref_values.append(r.value)

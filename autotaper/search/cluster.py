@@ -33,13 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from autotaper.errors import InputError, VersionSkew
+
 VERSIONED = ("autotaper", "torch", "optuna", "ray", "python")
 STORAGE_ENV = "AUTOTAPER_STORAGE"
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in a submitted job's driver
-
-
-class VersionSkew(ValueError):
-    """A node runs other versions than the driver (one line, naming the node)."""
 
 
 def package_dir() -> Path:
@@ -75,7 +73,7 @@ def connect(address: str | None, **local) -> bool:
         try:
             ray.init(address=address, log_to_driver=False, runtime_env=driver_runtime_env())
         except Exception as e:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
-            raise ValueError(f"--address {address!r}: cannot connect to a Ray cluster ({str(e).splitlines()[0]})") \
+            raise InputError(f"--address {address!r}: cannot connect to a Ray cluster ({str(e).splitlines()[0]})") \
                 from None
         return False
     # "local": a new instance, as --address's help says, even where a cluster started on this
@@ -220,7 +218,7 @@ def stage(space_path: str | Path, data: str | None) -> tuple[Path, str | None]:
     matches = sorted(p for p in glob.glob(data, recursive=True) if Path(p).is_file())
     if not matches:
         shutil.rmtree(folder, ignore_errors=True)
-        raise ValueError(f"data: {data!r} is neither a file, a folder nor a glob that matches files")
+        raise InputError(f"data: {data!r} is neither a file, a folder nor a glob that matches files")
     base = Path(os.path.commonpath([str(Path(p).resolve().parent) for p in matches]))
     for p in matches:
         target = folder / "data" / Path(p).resolve().relative_to(base)
@@ -252,11 +250,11 @@ def submit_search(address: str, space_path: str | Path, args: list[str], *, stor
 
     storage = storage or os.environ.get(STORAGE_ENV)
     if not storage:
-        raise ValueError("--submit needs --storage (or AUTOTAPER_STORAGE): a database the head node reaches, "
+        raise InputError("--submit needs --storage (or AUTOTAPER_STORAGE): a database the head node reaches, "
                          "postgresql://... or sqlite:////an/absolute/path/on/the/head; a job's own folder is "
                          "removed when it ends")
     if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
-        raise ValueError(f"--storage {storage!r}: a submitted job needs an absolute path on the head node "
+        raise InputError(f"--storage {storage!r}: a submitted job needs an absolute path on the head node "
                          "(sqlite:////...): a job's own folder is removed when it ends")
     from autotaper.search.storage import strip_password
 
@@ -270,7 +268,7 @@ def submit_search(address: str, space_path: str | Path, args: list[str], *, stor
         client = JobSubmissionClient(address)
     except Exception as e:  # noqa: BLE001 - connection errors come in many kinds; one line
         shutil.rmtree(folder, ignore_errors=True)
-        raise ValueError(f"--submit {address!r}: cannot reach a Ray dashboard ({str(e).splitlines()[0]})") from None
+        raise InputError(f"--submit {address!r}: cannot reach a Ray dashboard ({str(e).splitlines()[0]})") from None
     deadline = time.monotonic() + AGENT_WAIT_S
     try:
         while True:
@@ -284,7 +282,7 @@ def submit_search(address: str, space_path: str | Path, args: list[str], *, stor
                 if NO_AGENT in str(e) and time.monotonic() < deadline:
                     time.sleep(2)
                     continue
-                raise ValueError(f"--submit {address!r}: the cluster refused the job "
+                raise InputError(f"--submit {address!r}: the cluster refused the job "
                                  f"({' '.join(str(e).split())})") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # uploaded by now (or never)

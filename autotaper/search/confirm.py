@@ -19,6 +19,7 @@ import sys
 from typing import Any, Sequence
 
 from autotaper import stats
+from autotaper.errors import InputError
 from autotaper.search.space import CONFIRM_SEED_BASE, PAPER_DEFAULT, BaseSpace, Confirm, Proxy
 
 CONFIRMATION_ATTR = "confirmation"
@@ -72,16 +73,15 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
     `steps` or `tokens_per_param`: every confirmation run (uniform's too) trains that long
     instead of the proxy's steps, so the verdict is measured nearer the target's regime."""
     from autotaper.budget import solve, solve_report
+    from autotaper.cost import count
     from autotaper.paired import spec_key
     from autotaper.search.objective import StudyStore, make_evaluator
     from autotaper.spec import ModelSpec
 
-    from autotaper.cost import count
-
     rule = Confirm(top_k=top_k, seeds=seeds, steps=steps, tokens_per_param=tokens_per_param)
     problems = rule.problems()
     if problems:
-        raise ValueError("; ".join(p.replace("search.confirm.", "confirm.") for p in problems))
+        raise InputError("; ".join(p.replace("search.confirm.", "confirm.") for p in problems))
     ev = make_evaluator(space, data, StudyStore(study))
     run_steps = rule.run_steps(space.proxy, count(ev.base).params, ev.base.context_length)
     if run_steps != space.proxy.steps:  # its own uniform runs and keys: a longer run is another run
@@ -112,7 +112,7 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
         named.add(spec.taper)
         cands.append(_candidate(study, spec))
     if not cands:
-        raise ValueError("confirm: the study has no complete taper to confirm")
+        raise InputError("confirm: the study has no complete taper to confirm")
     fresh = [CONFIRM_SEED_BASE + i for i in range(seeds)]
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     longer = (f", {run_steps} steps a run ({run_steps / space.proxy.steps:.3g}x the search's)"
@@ -257,7 +257,7 @@ def confirm(*, storage: str | None = None, study_name: str, top_k: int = 3, seed
     study, _ = load(storage, study_name)
     identity = study.user_attrs.get(SPACE_ATTR)
     if identity is None:
-        raise ValueError(f"confirm: study {study_name!r} was not made by autotaper (no recorded space)")
+        raise InputError(f"confirm: study {study_name!r} was not made by autotaper (no recorded space)")
     space = StoredSpace(identity)
     data = space.proxy.load_data()
     check_corpus(study, data)

@@ -23,6 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
+from autotaper.errors import InputError, SearchStopped
 from autotaper.search.objective import StudyStore, TaperObjective, ensure_baselines, metric_key
 from autotaper.search.space import PAPER_DEFAULT, BaseSpace
 from autotaper.search.storage import default_location, fail_dead_trials, mask_url, open_storage
@@ -57,7 +58,7 @@ def make_sampler(space: BaseSpace, *, worker: int = 0, workers: int = 1):
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, s.n_trials // 2)))
     grid = space.grid()
     if grid is None:
-        raise ValueError(f"search.sampler: grid needs a space without ranges ({space.name})")
+        raise InputError(f"search.sampler: grid needs a space without ranges ({space.name})")
     return optuna.samplers.GridSampler(grid, seed=seed)
 
 
@@ -94,7 +95,7 @@ def open_study(space: BaseSpace, *, storage: str | None, study_name: str | None,
         study.set_user_attr(SPACE_ATTR, identity)
     elif _comparable(_older(stored, identity)) != _comparable(identity):
         stored, identity = _comparable(_older(stored, identity)), _comparable(identity)
-        raise ValueError(f"study {name!r} in {mask_url(url)} was created from a different space or proxy "
+        raise InputError(f"study {name!r} in {mask_url(url)} was created from a different space or proxy "
                          f"({identity_diff(stored, identity)}); pick a new --study name")
     return study, url
 
@@ -159,7 +160,7 @@ def check_corpus(study, data) -> None:
         return
     where = (f"copy {stored['host']}:{stored['folder']} here and pass --data with that folder" if stored.get("folder")
              else f"pass --data {stored['corpus']} (the same files or tokens)")
-    raise ValueError(f"study {study.study_name!r} trains on corpus {_describe(stored)}; this worker's data is "
+    raise InputError(f"study {study.study_name!r} trains on corpus {_describe(stored)}; this worker's data is "
                      f"{_describe(mine)}: {where}")
 
 
@@ -219,10 +220,6 @@ def finished(study) -> int:
 
     return sum(1 for t in study.get_trials(deepcopy=False)
                if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or failed_by_error(t))
-
-
-class SearchStopped(RuntimeError):
-    """Trials failed `stop_after_failures` times in a row: the fault is not the candidates'."""
 
 
 def failure_streak(study) -> tuple[int, str | None]:
@@ -348,12 +345,12 @@ def run_search(space: BaseSpace, *, storage: str | None = None, study_name: str 
         workers = choice.workers
         say(f"workers: {choice.text()}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be >= 1 or 'auto', got {workers!r}")
+        raise InputError(f"workers must be >= 1 or 'auto', got {workers!r}")
     if timeout is not None and timeout <= 0:
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        raise InputError(f"timeout must be > 0 seconds, got {timeout}")
     n_trials = n_trials or space.settings.n_trials
     if n_trials < 1:
-        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+        raise InputError(f"n_trials must be >= 1, got {n_trials}")
     started = time.time()
     from autotaper.search.preflight import preflight
 

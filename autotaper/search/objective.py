@@ -26,10 +26,9 @@ import os
 import re
 import socket
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
-
-from collections.abc import MutableMapping
 
 from autotaper.budget import solve_report
 from autotaper.cost import count

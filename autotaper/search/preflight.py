@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from autotaper.errors import InputError
 from autotaper.search.space import BaseSpace
 
 
@@ -46,13 +47,13 @@ def preflight(space: BaseSpace, *, storage: str | None, study_name: str | None, 
         try:
             guess = baseline_spec(space, SimpleNamespace(vocab_size=vocab))
         except ValueError as e:
-            raise ValueError(f"proxy: {e}") from None
+            raise InputError(f"proxy: {e}") from None
         check_fits(guess, proxy.batch_size, precision=precision, device=device, what=f"proxy {proxy.preset}")
     data = space.proxy.load_data()
     try:
         base = baseline_spec(space, data)
     except ValueError as e:
-        raise ValueError(f"proxy: {e}") from None
+        raise InputError(f"proxy: {e}") from None
     data.check(vocab_size=base.vocab_size, context_length=base.context_length)
     train_config(space, 0)  # the recipe builds
     need = check_fits(base, space.proxy.batch_size, precision=precision, device=device,

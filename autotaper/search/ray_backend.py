@@ -41,11 +41,27 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from autotaper.errors import InputError
 from autotaper.search.cluster import check_versions, connect
-from autotaper.search.engine import (SearchSummary, add_references, check_corpus, check_failures, finish_search, finished, open_study,
-                                     prepare_search)
-from autotaper.search.objective import (INFEASIBLE_PENALTY, MemoryStore, TaperObjective, ensure_baselines,
-                                        metric_key, one_line, running_twin)
+from autotaper.search.engine import (
+    SearchSummary,
+    add_references,
+    check_corpus,
+    check_failures,
+    finish_search,
+    finished,
+    open_study,
+    prepare_search,
+)
+from autotaper.search.objective import (
+    INFEASIBLE_PENALTY,
+    MemoryStore,
+    TaperObjective,
+    ensure_baselines,
+    metric_key,
+    one_line,
+    running_twin,
+)
 from autotaper.search.space import BaseSpace
 
 METRIC = "delta_bpb"
@@ -246,7 +262,7 @@ def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: 
     gpus_per_trial = space.settings.gpus_per_trial if gpus_per_trial is None else gpus_per_trial
     max_concurrent = space.settings.max_concurrent if max_concurrent is None else max_concurrent
     if gpus_per_trial != "auto" and (gpus_per_trial < 0 or cpus_per_trial <= 0):
-        raise ValueError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
+        raise InputError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
                          f"{cpus_per_trial} and {gpus_per_trial}")
     n_trials = n_trials or space.settings.n_trials
     started = time.time()

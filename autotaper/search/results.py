@@ -17,6 +17,7 @@ import io
 import math
 from typing import Any
 
+from autotaper.errors import InputError
 from autotaper.search.storage import default_location, mask_url, open_storage
 
 RACE_MARK = {"worse": ">", "better": "<", "max_seeds": "="}
@@ -138,11 +139,11 @@ def load(storage: str | None, study_name: str):
         from pathlib import Path
 
         if not Path(url[len("sqlite:///"):]).exists():
-            raise ValueError(f"results: no study storage at {url} (run the search first, or pass --storage)")
+            raise InputError(f"results: no study storage at {url} (run the search first, or pass --storage)")
     backend = open_storage(url)
     names = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
     if study_name not in names:
-        raise ValueError(f"results: no study {study_name!r} in {mask_url(url)} (studies: {', '.join(names) or 'none'})")
+        raise InputError(f"results: no study {study_name!r} in {mask_url(url)} (studies: {', '.join(names) or 'none'})")
     return optuna.load_study(study_name=study_name, storage=backend), url
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from autotaper.errors import InputError, ProblemsError
 from autotaper.taper import DIMS, DimTaper, Taper
 
 SAMPLERS = ("tpe", "gp", "cmaes", "random", "grid", "nsga2")
@@ -48,14 +49,6 @@ CONFIRM_SEED_BASE = 1000  # confirmation trains on seeds 1000, 1001, ...: never 
 MAX_SEARCH_SEEDS = CONFIRM_SEED_BASE
 MAX_STEPS = 10_000_000
 MAX_SEED = 2**32 - 1  # what numpy and torch take as a seed
-
-
-class ProblemsError(ValueError):
-    """Every problem a validation found, each a line naming its field and value."""
-
-    def __init__(self, where: str, problems: list[str]):
-        self.where, self.problems = where, list(problems)
-        super().__init__(f"{where}: {len(problems)} problem(s): " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -117,9 +110,9 @@ def parse_duration(text: Any, field_name: str = "budget") -> float:
         try:
             value = float(raw[:-1]) * scale if scale else float(raw)
         except ValueError:
-            raise ValueError(f"{field_name}: not a duration (e.g. 600, 600s, 10m, 1.5h), got {text!r}") from None
+            raise InputError(f"{field_name}: not a duration (e.g. 600, 600s, 10m, 1.5h), got {text!r}") from None
     if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{field_name}: must be a positive duration, got {text!r}")
+        raise InputError(f"{field_name}: must be a positive duration, got {text!r}")
     return value
 
 
@@ -152,8 +145,8 @@ class Proxy:
     base_n_layers: int | None = None
 
     def problems(self) -> list[str]:
-        from autotaper.families import family_names
         from autotaper.budget import CONSTRAINTS
+        from autotaper.families import family_names
         from autotaper.spec import PRESETS
         from autotaper.train.config import PRECISIONS, SCHEDULES
 
@@ -603,7 +596,7 @@ def parse_space(data: Any, *, name: str = "space", overrides: dict[str, Any] | N
 
     problems: list[str] = []
     if not isinstance(data, dict):
-        raise ValueError(f"space {name}: must be a mapping with proxy, search, taper sections")
+        raise InputError(f"space {name}: must be a mapping with proxy, search, taper sections")
     top = {"name", "description", "proxy", "search", "taper", "train", "ladder"}  # ladder: autotaper.scale
     for key in sorted(set(data) - top):
         problems.append(f"{key}: unknown section{did_you_mean(key, top)} (known: {', '.join(sorted(top))})")

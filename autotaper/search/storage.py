@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+from autotaper.errors import InputError, StorageError
+
 DEFAULT_ROOT = Path("runs/search")
 HEARTBEAT_S = 10
 GRACE_S = 60
@@ -47,8 +49,6 @@ def check_study_name(name, field: str = "--study") -> str:
     """`name` if it is a study name: letters, digits, '.', '_' and '-', at most 100, starting
     with a letter or digit, never a path (it names a folder under runs/search/). InputError
     naming `field` otherwise; the name is shown escaped (no raw terminal control codes)."""
-    from autotaper._io import InputError
-
     if not isinstance(name, str) or not STUDY_NAME.fullmatch(name) or ".." in name:
         raise InputError(f"{field}: {name!r} is not a study name (letters, digits, '.', '_' and '-', up to 100, "
                          "starting with a letter or digit; never a path)")
@@ -81,7 +81,7 @@ def check_storage(url, field: str = "--storage") -> str:
     Checks only: nothing is created."""
     import stat
 
-    from autotaper._io import InputError, kind
+    from autotaper._io import kind
 
     if not isinstance(url, str) or not url.strip():
         raise InputError(f"{field}: must be a storage URL (sqlite:///f.db, journal:f.log, postgresql://...), "
@@ -133,7 +133,7 @@ def open_storage(url: str):
     elif url.startswith(("mysql://", "mysql+")):
         pass
     else:
-        raise ValueError(f"storage: unsupported URL {mask_url(url)!r} (use sqlite:///, journal:, or postgresql://)")
+        raise InputError(f"storage: unsupported URL {mask_url(url)!r} (use sqlite:///, journal:, or postgresql://)")
     import warnings
 
     # Workers (or a reader) that start together on a fresh database race to create Optuna's
@@ -152,7 +152,7 @@ def open_storage(url: str):
             if not any(m in str(e) for m in _CREATE_RACE):
                 break
             time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
-    raise ValueError(f"storage: cannot open {mask_url(url)!r}: {str(error).splitlines()[0]}") from None
+    raise InputError(f"storage: cannot open {mask_url(url)!r}: {str(error).splitlines()[0]}") from None
 
 
 SECRET_KEYS = frozenset({"password", "passwd", "pwd", "pass", "sslpassword", "secret", "token", "access_token",
@@ -318,7 +318,7 @@ def _resilient_class():
                 print(f"storage: lost {mask_url(self.url)} ({first[0] if first else type(error).__name__}); "
                       f"retrying for up to {RETRY_S:.0f} s", file=sys.stderr, flush=True)
             elif now - since > RETRY_S:
-                raise ValueError(f"storage: {mask_url(self.url)} unreachable for {now - since:.0f} s "
+                raise StorageError(f"storage: {mask_url(self.url)} unreachable for {now - since:.0f} s "
                                  f"(AUTOTAPER_STORAGE_RETRY_S={RETRY_S:.0f}); the study is as it was; "
                                  f"run the same command again when the server is back") from None
 
@@ -354,7 +354,7 @@ def _postgres_driver(url: str) -> str:
         return "postgresql+psycopg://" + url[len("postgresql://"):]
     if importlib.util.find_spec("psycopg2") is not None:
         return "postgresql+psycopg2://" + url[len("postgresql://"):]
-    raise ValueError("storage: PostgreSQL needs psycopg2 (pip install 'autotaper[postgres]')")
+    raise InputError("storage: PostgreSQL needs psycopg2 (pip install 'autotaper[postgres]')")
 
 
 def _journal(path: str):
@@ -366,7 +366,7 @@ def _journal(path: str):
         storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
         storage.get_all_studies()
     except Exception as e:  # noqa: BLE001 - any replay failure means a damaged file
-        raise ValueError(f"storage: journal {path!r} is damaged{_bad_journal_line(path)} "
+        raise InputError(f"storage: journal {path!r} is damaged{_bad_journal_line(path)} "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); it is left as it "
                          f"is: restore it from a copy, or use another --storage") from None
     return storage

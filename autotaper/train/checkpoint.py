@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from autotaper._io import atomic_write_text, fix_tree, make_temp_dir
+from autotaper.errors import CheckpointError, InputError
 
 __all__ = ["atomic_write_text", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_run",
            "read_state"]
@@ -37,10 +38,6 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
             else:
                 scalars[f"{pid}.{key}"] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-class CheckpointError(OSError):
-    """A checkpoint could not be written; the previous one is untouched."""
 
 
 def save_checkpoint(run_dir: Path, *, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -124,11 +121,11 @@ def load_run(run_dir: str | Path, *, command: str = "load"):
 
     run = Path(run_dir)
     if not (run / "spec.json").is_file():
-        raise ValueError(f"{command}: RUN_DIR {str(run)!r} has no spec.json (not an autotaper run directory)")
+        raise InputError(f"{command}: RUN_DIR {str(run)!r} has no spec.json (not an autotaper run directory)")
     spec = ModelSpec.load(run / "spec.json")
     ckpt = latest_checkpoint(run)
     if ckpt is None:
-        raise ValueError(f"{command}: RUN_DIR {str(run)!r} holds no checkpoint (train it with --out to keep one)")
+        raise InputError(f"{command}: RUN_DIR {str(run)!r} holds no checkpoint (train it with --out to keep one)")
     model = build_model(spec, seed=None)
     load_model(model, str(ckpt / "model.safetensors"))
     step = json.loads((ckpt / "state.json").read_text())["step"]

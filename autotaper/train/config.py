@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from autotaper.errors import InputError
+
 SCHEDULES = ("cosine", "wsd", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -40,35 +42,35 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "eval_batches", "log_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
         for name in ("checkpoint_every", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+                raise InputError(f"{name} must be an integer >= 0, got {v!r}")
         if self.eval_every is not None and (not isinstance(self.eval_every, int) or self.eval_every < 1):
-            raise ValueError(f"eval_every must be a positive integer, got {self.eval_every!r}")
+            raise InputError(f"eval_every must be a positive integer, got {self.eval_every!r}")
         if self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
+            raise InputError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+            raise InputError(f"lr must be > 0, got {self.lr!r}")
         for name in ("min_lr_ratio", "warmup_frac", "decay_frac"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         for name in ("weight_decay", "grad_clip"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not (isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool)
                 and math.isfinite(self.eps) and self.eps > 0):
-            raise ValueError(f"eps must be a number > 0, got {self.eps!r}")
+            raise InputError(f"eps must be a number > 0, got {self.eps!r}")
         if self.diverge_loss is not None and not self.diverge_loss > 0:
-            raise ValueError(f"diverge_loss must be > 0, got {self.diverge_loss!r}")
+            raise InputError(f"diverge_loss must be > 0, got {self.diverge_loss!r}")
 
     @property
     def eval_interval(self) -> int:
@@ -99,5 +101,5 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown training config field(s): {', '.join(unknown)}")
+            raise InputError(f"unknown training config field(s): {', '.join(unknown)}")
         return cls(**data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from autotaper.errors import InputError
 from autotaper.spec import ModelSpec
 from autotaper.train.config import TrainConfig
 
@@ -45,7 +46,7 @@ def train_on_ray(spec: ModelSpec, config: TrainConfig, *, out_dir: str | Path, d
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if num_workers < 1:
-        raise ValueError(f"ray workers must be >= 1, got {num_workers}")
+        raise InputError(f"ray workers must be >= 1, got {num_workers}")
     out_dir = Path(out_dir).resolve()
     started_here = not ray.is_initialized()
     if started_here:

@@ -25,11 +25,17 @@ import torch.nn.functional as F
 
 from autotaper.cost import count
 from autotaper.data.tokens import TokenData, sample_batch, val_windows
+from autotaper.errors import InputError
+from autotaper.memory import check_fits
 from autotaper.models import build_model
 from autotaper.spec import ModelSpec
-from autotaper.memory import check_fits
-from autotaper.train.checkpoint import (atomic_write_text, latest_checkpoint, load_checkpoint, read_state,
-                                        save_checkpoint)
+from autotaper.train.checkpoint import (
+    atomic_write_text,
+    latest_checkpoint,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
 from autotaper.train.config import TrainConfig
 from autotaper.train.evaluate import autocast_context, evaluate
 
@@ -57,7 +63,7 @@ class TensorBoard(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+            raise InputError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
         self.writer = SummaryWriter(str(log_dir))
 
     def on_step(self, step, metrics):
@@ -122,16 +128,16 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device {name!r} is not a torch device") from None
+        raise InputError(f"device {name!r} is not a torch device") from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"device {name!r}: this machine has no CUDA device (torch {torch.__version__}"
+            raise InputError(f"device {name!r}: this machine has no CUDA device (torch {torch.__version__}"
                              f"{', built without CUDA' if torch.version.cuda is None else ''}); use --device cpu")
         if device.index is not None and device.index >= count:
-            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s)")
+            raise InputError(f"device {name!r}: this machine has {count} CUDA device(s)")
     elif device.type not in ("cpu", "mps"):
-        raise ValueError(f"device {name!r}: autotaper trains on cpu or cuda")
+        raise InputError(f"device {name!r}: autotaper trains on cpu or cuda")
     return device
 
 
@@ -220,7 +226,7 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
     data.check(vocab_size=spec.vocab_size, context_length=spec.context_length)
     world, rank, local_rank = _distributed()
     if config.batch_size % (world * config.grad_accum):
-        raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of world size x grad_accum "
+        raise InputError(f"batch_size ({config.batch_size}) must be a multiple of world size x grad_accum "
                          f"({world} x {config.grad_accum})")
     device = resolve_device(config.device)
     if device.type == "cuda" and world > 1 and config.device == "auto":  # cuda only
@@ -240,7 +246,7 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
     if ckpt is not None:  # the run's identity is checked before a byte of its weights is read
         state = read_state(ckpt)
         if state.get("identity") != identity:
-            raise ValueError(f"out_dir {str(run_dir)!r} holds a checkpoint of a different run "
+            raise InputError(f"out_dir {str(run_dir)!r} holds a checkpoint of a different run "
                              f"({_differs(state.get('identity'), identity)}); use a new --out or delete it")
         done = _finished_result(run_dir, state, config)
         if done is not None:
