@@ -24,7 +24,21 @@ class UsageError(InputError):
     """Bad input from the user: reported as one line, exit status 2."""
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows each flag's default, unless the text already says it or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, not argparse's usage block
         raise UsageError(f"{self.prog}: {message}")
 
@@ -158,14 +172,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "(default: the embedded standard-library corpus)")
     p.add_argument("--strict-data", action="store_true",
                    help="refuse a data folder or glob holding files that are not UTF-8 text (default: skip them)")
-    p.add_argument("--tokenizer", default="bytes", choices=["bytes", "bpe"])
+    p.add_argument("--tokenizer", default="bytes", choices=["bytes", "bpe"],
+                   help="bytes (256 symbols) or a BPE trained on the corpus")
     p.add_argument("--vocab-size", type=_bounded(int, 2, 2**16), help="BPE vocabulary size (default 4096)")
     p.add_argument("--batch-size", type=_bounded(int, 1, 2**20), default=16, help="sequences per step (default 16)")
     p.add_argument("--grad-accum", type=_bounded(int, 1, 2**20), default=1, help="micro-batches per step (default 1)")
     p.add_argument("--lr", type=_bounded(float, 0, 1e4, low_open=True), default=3e-3, help="peak learning rate (default 3e-3)")
-    p.add_argument("--schedule", default="cosine", choices=["cosine", "wsd", "constant"])
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "wsd", "constant"],
+                   help="the learning-rate schedule after warmup")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the device runs it fast, else fp32")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when present)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each block (each distinct layer shape compiles once; the time is "
                         "reported apart from tokens/s)")
@@ -321,8 +338,8 @@ _FORWARDED_FLAGS = (("no_confirm", "--no-confirm"), ("strict_data", "--strict-da
 
 
 def _submit(args, space) -> int:
-    """`search --submit`: the search as a Ray job that ships this package (autotaper.search.cluster)."""
-    from autotaper.search.cluster import follow, submit_search
+    """`search --submit`: the search as a Ray job that ships this package (autotaper.cluster)."""
+    from autotaper.cluster import follow, submit_search
 
     forwarded = []
     for dest, flag in _FORWARDED:
@@ -355,7 +372,7 @@ def cmd_search(args) -> int:
             raise UsageError("--submit runs the search as a Ray job: add --backend ray")
         return _submit(args, space)
     if args.backend == "ray":
-        from autotaper.search.ray_backend import run_ray_search
+        from autotaper.search.backends.ray import run_ray_search
 
         summary = run_ray_search(space, storage=args.storage, study_name=args.study, n_trials=args.n_trials,
                                  timeout=args.timeout, address=args.address, cpus_per_trial=args.cpus_per_trial,
@@ -368,19 +385,19 @@ def cmd_search(args) -> int:
                              confirm=not args.no_confirm, quiet=args.quiet)
     from autotaper.search.results import leaderboard, to_table
 
-    board = leaderboard(summary.storage, summary.study)
+    board = leaderboard(summary.storage, summary.study_name)
     from autotaper.report import write_report
 
     try:
-        report = write_report(summary.storage, summary.study)
+        report = write_report(summary.storage, summary.study_name)
     except Exception as e:  # noqa: BLE001 - the search is stored; a failed page must not hide it
-        report = f"not written ({type(e).__name__}: {e}); retry with `autotaper report --study {summary.study}`"
+        report = f"not written ({type(e).__name__}: {e}); retry with `autotaper report --study {summary.study_name}`"
     if args.json:
         print(json.dumps(board))
     else:
         print(to_table(board))
         given = None if getattr(args, "storage_from_env", False) else args.storage
-        print(f"\nresults again: {_results_command(given, summary.storage, summary.study)}", file=sys.stderr)
+        print(f"\nresults again: {_results_command(given, summary.storage, summary.study_name)}", file=sys.stderr)
     print(f"report: {report} (one HTML file: open it in a browser)", file=sys.stderr)
     return 0
 
@@ -485,8 +502,9 @@ def cmd_calibrate(args) -> int:
 
     space = _load_space(args)
     lrs = args.lr if args.lr else ([space.proxy.lr * f for f in (0.5, 2.0)] if args.lr is not None else ())
-    cal, study, url = calibrate(space, storage=args.storage, study_name=args.study, lrs=lrs,
-                                refresh=args.refresh, quiet=args.quiet)
+    res = calibrate(space, storage=args.storage, study_name=args.study, lrs=lrs, refresh=args.refresh,
+                    quiet=args.quiet)
+    cal, study, url = res.calibration, res.study_name, res.storage
     p = space.proxy
     in_use = {"search": p.seeds} | ({"racing up to": p.max_seeds} if p.racing else {})
     if space.settings.confirm.enabled:
@@ -512,15 +530,15 @@ def cmd_confirm(args) -> int:
                   quiet=args.quiet, steps=args.steps, tokens_per_param=args.tokens_per_param,
                   decompose=not args.no_decompose)
     if args.json:
-        print(json.dumps(out))
+        print(json.dumps(out.to_dict()))
     else:
-        print("\n".join(confirmation_lines(out)))
-        print(f"\nconfirmed verdict: {out['text']}")
+        print("\n".join(confirmation_lines(out.to_dict())))
+        print(f"\nconfirmed verdict: {out.text}")
     return 0
 
 
 def cmd_ladder(args) -> int:
-    from autotaper.scale.ladder import load_ladder, run_ladder, to_text, with_rules
+    from autotaper.ladder.run import load_ladder, run_ladder, to_text, with_rules
 
     scales = args.scales.split(",") if args.scales else None
     space, config = load_ladder(args.space, scales=scales,
@@ -531,13 +549,16 @@ def cmd_ladder(args) -> int:
     target = args.target or config.target
     if not target:
         raise UsageError("autotaper ladder: give --target (a preset or a spec file), or ladder.target in the space")
-    report = run_ladder(space, config, target=target, storage=args.storage, prefix=args.prefix, out_dir=args.out,
+    from autotaper.report import write_ladder_report
+
+    result = run_ladder(space, config, target=target, storage=args.storage, prefix=args.prefix, out_dir=args.out,
                         quiet=args.quiet)
+    result.html_path = str(write_ladder_report(result.report, Path(result.path).with_name("ladder.html")))
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(result.to_dict()))
     else:
-        print(to_text(report))
-    print(f"report: {report['html_path']} (one HTML file: open it in a browser)", file=sys.stderr)
+        print(to_text(result.report))
+    print(f"report: {result.html_path} (one HTML file: open it in a browser)", file=sys.stderr)
     return 0
 
 
@@ -555,6 +576,29 @@ def cmd_results(args) -> int:
     report = Path("runs") / "search" / args.study / "report.html"
     if report.is_file():
         print(f"report: {report} (rewrite it with `autotaper report --study {args.study}`)", file=sys.stderr)
+    return 0
+
+
+def cmd_studies(args) -> int:
+    from autotaper.search.storage import mask_url
+    from autotaper.search.study import delete_study, list_studies
+
+    if args.delete:
+        url = delete_study(args.storage, args.delete)
+        print(f"deleted study {args.delete} from {mask_url(url)}", file=sys.stderr)
+        return 0
+    found = list_studies(args.storage)
+    if args.json:
+        print(json.dumps(found))
+        return 0
+    if not found:
+        print("no studies" + (f" in {mask_url(args.storage)}" if args.storage else " under runs/search/"),
+              file=sys.stderr)
+        return 0
+    width = max(len(s["study"]) for s in found)
+    print(f"{'study':<{width}}  {'trials':>6}  {'counted':>7}  {'started':<19}  storage")
+    for s in found:
+        print(f"{s['study']:<{width}}  {s['trials']:>6}  {s['counted']:>7}  {s['started'] or '-':<19}  {s['storage']}")
     return 0
 
 
@@ -770,7 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search the best taper in a space (Optuna locally, or Ray Tune)")
     p.add_argument("--space", required=True, help="YAML search space, e.g. search_spaces/quickstart.yaml")
-    p.add_argument("--backend", default="optuna", choices=["optuna", "ray"])
+    p.add_argument("--backend", default="optuna", choices=["optuna", "ray"],
+                   help="optuna: trials on this machine; ray: Ray Tune trials over a cluster")
     p.add_argument("--n-trials", type=_bounded(int, 1, 1_000_000), help="trials in the study in total (default: the space's)")
     p.add_argument("--timeout", type=_positive(float), help="stop starting trials after this many seconds")
     p.add_argument("--storage", help="sqlite:///f.db, journal:f.log or postgresql://... "
@@ -803,7 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--follow", action="store_true", help="with --submit: print the job's log until it ends")
     ray.add_argument("--no-install", action="store_true", help="with --submit: install nothing on the nodes "
                      "(they already hold autotaper's dependencies)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     p.add_argument("--json", action="store_true", help="print the leaderboard as one JSON object")
     p.set_defaults(func=cmd_search)
 
@@ -823,12 +868,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "value 0.5x, 1x and 2x the proxy's")
     p.add_argument("--target-mde", type=_positive(float), help="print the seeds this MDE needs")
     p.add_argument("--refresh", action="store_true", help="measure again even if the study holds a calibration")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("confirm", help="retrain a study's best tapers on fresh seeds; Holm-corrected verdict")
-    p.add_argument("--study", required=True)
+    p.add_argument("--study", required=True, help="the study's name")
     p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")
     p.add_argument("--top-k", type=_bounded(int, 0, 1000), default=3, help="tapers to confirm besides the paper default "
                    "(default 3)")
@@ -838,8 +883,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens-per-param", type=_bounded(float, 0, 1e6, low_open=True), help="or this many tokens per uniform parameter")
     p.add_argument("--no-decompose", action="store_true", help="do not retrain the verdict's taper under the "
                    "other parametrization (sp <-> mup)")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_confirm)
 
     p = sub.add_parser("ladder", help="one space at several scales: confirmed verdicts per scale, proxy fidelity, "
@@ -859,16 +904,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default ladder.probe.top_k)")
     p.add_argument("--out", help="directory for ladder.json and the target spec (default runs/ladder/PREFIX)")
     _add_param_override(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_ladder)
 
     p = sub.add_parser("results", help="the leaderboard of a study, with paired intervals and a verdict")
     p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")
-    p.add_argument("--study", required=True)
+    p.add_argument("--study", required=True, help="the study's name")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help='{"trials": [...], "verdict": ...}')
-    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--csv", action="store_true", help="one CSV row per candidate")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("report", help="one self-contained HTML page of a study: leaderboard with intervals, "
@@ -898,7 +943,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="validation data (default: the embedded corpus; give the run's own --data)")
     p.add_argument("--tokenizer", choices=["bytes", "bpe"], help="default: the run's")
     p.add_argument("--windows", type=_bounded(int, 1, 100_000), default=64, help="validation windows (default 64)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="where the probe runs the model")
     p.add_argument("--suggest", action="store_true",
                    help="also print a taper whose per-layer ratios follow the measured update norms")
     p.add_argument("--dim", default="ffn", choices=["ffn", "heads", "embed"], help="--suggest: the dimension")
@@ -906,6 +951,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--suggest: 1 follows the measurement, smaller pulls towards uniform")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("studies", help="list the studies of a storage (default: every study under runs/search/), "
+                                       "or delete one")
+    p.add_argument("--storage", default=None, help="an Optuna storage URL (AUTOTAPER_STORAGE when unset)")
+    p.add_argument("--delete", metavar="STUDY", default=None, help="delete this study and everything it stores")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.set_defaults(func=cmd_studies)
 
     p = sub.add_parser("presets", help="list the model presets")
     p.set_defaults(func=cmd_presets)

@@ -187,10 +187,11 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;
 
 def build_report(storage: str | None, study_name: str, *, probe: dict | None = None) -> str:
     """The report's HTML for one study (see the module docstring)."""
-    from autotaper.search.results import leaderboard, load
+    from autotaper.search.results import leaderboard
+    from autotaper.search.study import load_study
 
     board = leaderboard(storage, study_name)
-    study, _ = load(storage, study_name)  # the URL as given: the board's is masked
+    study, _ = load_study(storage, study_name)  # the URL as given: the board's is masked
     rows = board["trials"]
     verdict = board["verdict"]
     noise = "\n".join((board.get("noise") or {}).get("lines") or ["(no calibration stored)"])
@@ -260,8 +261,8 @@ def ladder_trend_plot(report: dict) -> str:
 
 
 def ladder_report(report: dict) -> str:
-    """A ladder's report from its ladder.json (see `autotaper.scale.ladder`)."""
-    from autotaper.scale.ladder import to_text
+    """A ladder's report from its ladder.json (see `autotaper.ladder.run`)."""
+    from autotaper.ladder.run import to_text
 
     fid = "".join(f"<li>{html.escape(f['text'])}</li>" for f in report["fidelity"]) or "<li>one rung only</li>"
     trend = "".join(f"<li>{html.escape(i['text'])}</li>" for i in report["trend"].values())

@@ -22,8 +22,11 @@ import optuna
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from autotaper.search import parse_space, run_search  # noqa: E402
-from autotaper.search.ray_backend import run_ray_search  # noqa: E402
+from autotaper.search import (  # noqa: E402
+    parse_space,
+    run_ray_search,  # noqa: E402
+    run_search,
+)
 from autotaper.search.storage import open_storage  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Does the screening budget rank tapers as a longer run does? One shape, a fixed taper set,
 trained on paired seeds at the screening steps and at 4x and 16x as many, under one
 parametrization; prints each taper's effect per budget and the rank agreement (Spearman and
-Kendall with paired-seed bootstrap intervals, `autotaper.scale.fidelity`) of the screening
+Kendall with paired-seed bootstrap intervals, `autotaper.ladder.fidelity`) of the screening
 budget with each longer one. A low or uncertain agreement is the case for confirming at a
 longer budget (search.confirm.steps / tokens_per_param).
 
@@ -21,8 +21,8 @@ import torch
 
 from autotaper.budget import solve
 from autotaper.data import load_data
+from autotaper.ladder.fidelity import fidelity
 from autotaper.paired import PairedEvaluator
-from autotaper.scale.fidelity import fidelity
 from autotaper.spec import ModelSpec
 from autotaper.train import TrainConfig
 

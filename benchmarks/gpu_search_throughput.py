@@ -40,7 +40,7 @@ def space_for(args, name: str):
 def measure(args, n: int, root: Path) -> dict:
     import optuna
 
-    from autotaper.search.engine import run_search
+    from autotaper.search import run_search
     from autotaper.search.storage import open_storage
 
     name = f"throughput-w{n}"

@@ -3,11 +3,11 @@
 A fixed set of six ffn tapers (uniform; shrinking: the paper's cosine 1.5 -> 0.5 and a mild
 linear 1.25 -> 0.75; growing: their reverses; middle-heavy: a step 0.75 | 1.5 | 0.75), each
 solved to the uniform baseline's parameter count, trained on the same paired seeds at two or
-more scales sized by the ladder's rules (`autotaper.scale.rungs`: tokens per parameter,
+more scales sized by the ladder's rules (`autotaper.ladder.rungs`: tokens per parameter,
 clamped; LR scaled as 1/width). Printed: each scale's paired deltas with 95% intervals, then
 Spearman and Kendall between scales with paired-seed bootstrap intervals and the sign
-agreement of effects (`autotaper.scale.fidelity`), and with three scales or more the
-held-out check (`autotaper.scale.trend`): the best strength and effect fitted on all scales
+agreement of effects (`autotaper.ladder.fidelity`), and with three scales or more the
+held-out check (`autotaper.ladder.trend`): the best strength and effect fitted on all scales
 but the largest, predicted for the largest, against what it measured.
 
 CPU (two scales within 40 minutes on 2 cores, fp32):
@@ -39,7 +39,7 @@ TAPERS = {  # label: taper text; the labels are the probe names in the output
 
 
 def parse_scales(text: str):
-    from autotaper.scale.rungs import RungDef
+    from autotaper.ladder.rungs import RungDef
 
     rungs = []
     for item in text.split(","):
@@ -79,7 +79,7 @@ def measure(args) -> dict:
     import multiprocessing as mp
 
     from autotaper.data import load_data
-    from autotaper.scale.rungs import LadderConfig, Rules, resolve
+    from autotaper.ladder.rungs import LadderConfig, Rules, resolve
     from autotaper.search.space import Proxy
     from autotaper.spec import ModelSpec
 
@@ -140,8 +140,8 @@ def save(record: dict, path: str) -> None:
 
 
 def analyse(record: dict) -> None:
-    from autotaper.scale.fidelity import fidelity
-    from autotaper.scale.trend import held_out
+    from autotaper.ladder.fidelity import fidelity
+    from autotaper.ladder.trend import held_out
     from autotaper.stats import paired
 
     scales = [s["name"] for s in record["scales"]]

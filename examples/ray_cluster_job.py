@@ -26,8 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from autotaper.search import leaderboard, load_space
-from autotaper.search.ray_backend import run_ray_search
+from autotaper.search import leaderboard, load_space, run_ray_search
 from autotaper.search.results import to_table
 
 
@@ -45,7 +44,7 @@ def main() -> None:
     summary = run_ray_search(space, storage=args.storage, study_name=args.study, n_trials=args.n_trials,
                              address="auto", cpus_per_trial=args.cpus_per_trial,
                              gpus_per_trial=args.gpus_per_trial, quiet=True)
-    board = leaderboard(summary.storage, summary.study)
+    board = leaderboard(summary.storage, summary.study_name)
     print(json.dumps(board) if args.json else to_table(board))
 
 

@@ -42,7 +42,7 @@ def search(request):
     """search(space, **kw) through one backend; returns the study's storage URL."""
     if request.param == "ray":
         request.getfixturevalue("ray_instance")
-        from autotaper.search.ray_backend import run_ray_search
+        from autotaper.search import run_ray_search
 
         def run(space, **kw):
             return run_ray_search(space, quiet=True, cpus_per_trial=1, tune_storage="tune", **kw).storage
@@ -61,7 +61,7 @@ def test_both_backends_give_the_same_rows_and_the_same_numbers(corpus, ray_insta
     """The micro search on each backend: the reference first, complete rows with their t
     intervals and backend, a verdict; the paper's default trial trained identically by both
     (paired, seeded); and the two leaderboards' rows of one shape, field for field."""
-    from autotaper.search.ray_backend import run_ray_search
+    from autotaper.search import run_ray_search
 
     space = micro(corpus)
     urls = {"optuna": run_search(space, quiet=True, storage=f"sqlite:///{tmp_path}/a.db").storage,
@@ -171,8 +171,7 @@ def test_ray_trials_train_on_the_drivers_tokens_not_their_own_disk(ray_instance,
     trains, on the token arrays the driver sent through the object store."""
     import os
 
-    from autotaper.search import Proxy, Settings
-    from autotaper.search.ray_backend import run_ray_search
+    from autotaper.search import Proxy, Settings, run_ray_search
     from autotaper.search.space import Confirm
     from tests.helpers import Grid, vanishing_candidate
 

@@ -89,7 +89,7 @@ def test_search_overrides_reach_the_study(corpus, tmp_path):
     import optuna
     import yaml
 
-    from autotaper.search.engine import SPACE_ATTR
+    from autotaper.search.records import SPACE_ATTR
     from tests.helpers import micro_space
 
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(micro_space(corpus, name="over")))

@@ -44,7 +44,7 @@ def work(tmp_path, monkeypatch, corpus):
     monkeypatch.setenv("AUTOTAPER_CACHE", str(root / "cache"))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     from autotaper.search import parse_space
-    from autotaper.search.engine import SPACE_ATTR
+    from autotaper.search.records import SPACE_ATTR
     from autotaper.search.storage import open_storage
 
     identity = parse_space(micro_space(corpus, name="kept")).identity()
@@ -136,8 +136,8 @@ def _failing(trial):
 
 
 def test_failed_trials_count_and_a_run_of_failures_stops_the_search(work):
+    from autotaper.errors import SearchStopped
     from autotaper.search import FunctionSpace, Proxy, Settings, run_search
-    from autotaper.search.engine import SearchStopped
 
     proxy = Proxy(preset="tiny", steps=4, batch_size=4, seeds=2, precision="fp32", data=work.corpus)
     ends = FunctionSpace(_failing, proxy=proxy, settings=Settings(sampler="random", pruner="none", n_trials=3),
@@ -398,8 +398,7 @@ def test_written_files_follow_the_umask(mask, work):
 
 # 10. A study name taken by overrides -----------------------------------------------------------------
 def test_overrides_name_their_own_study_and_a_refused_reopen_names_the_fields(work, capsys):
-    from autotaper.cli import _load_space
-    from autotaper.cli import build_parser
+    from autotaper.cli import _load_space, build_parser
 
     args = build_parser().parse_args(["search", "--space", "s.yaml", "--preset", "tiny", "--steps", "20",
                                       "--seeds", "2:3"])

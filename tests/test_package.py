@@ -64,3 +64,215 @@ def test_our_fault_exits_1_without_a_traceback(monkeypatch, capsys):
     assert main(["plan", "--preset", "tiny", "--taper", "ffn:cosine:1.5:0.5"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["autotaper: error: storage: sqlite:///x.db unreachable for 600 s"]
+
+
+# The import graph: every import the package makes (those inside functions included, those
+# under `if TYPE_CHECKING:` not, as they never run), computed from the source.
+LAYERS = [  # lowest first; a module may import its own layer and the layers below it
+    ["autotaper.errors", "autotaper._io", "autotaper.stats", "autotaper.log", "autotaper.urls"],
+    ["autotaper.curves"],
+    ["autotaper.taper"],
+    ["autotaper.families", "autotaper.parametrization", "autotaper.spec"],
+    ["autotaper.cost", "autotaper.budget", "autotaper.memory"],
+    ["autotaper.models", "autotaper.hf"],
+    ["autotaper.data", "autotaper.train", "autotaper.probe", "autotaper.cluster"],
+    ["autotaper.paired"],
+    ["autotaper.search"],
+    ["autotaper.ladder"],
+    ["autotaper.report", "autotaper.export"],
+    ["autotaper.cli", "autotaper.__main__"],
+]
+
+
+def _import_graph():
+    import ast
+    from pathlib import Path
+
+    import autotaper
+
+    root = Path(autotaper.__file__).parent
+
+    def name_of(path):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(p): p for p in root.rglob("*.py")}
+    edges = {}
+    for mod, path in modules.items():
+        tree = ast.parse(path.read_text())
+        hidden = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                  for stmt in node.body for n in ast.walk(stmt)}
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(tree):
+            if id(node) in hidden:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else [])) if node.level else node.module
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    found.add(sub if sub in modules else target)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        edges[mod] = {t for t in found if t in modules and t != mod}
+    return modules, edges
+
+
+def _layer(mod):
+    hits = [i for i, layer in enumerate(LAYERS) for p in layer if mod == p or mod.startswith(p + ".")]
+    return max(hits) if hits else None
+
+
+def test_every_module_has_a_layer():
+    modules, _ = _import_graph()
+    assert [m for m in modules if m != "autotaper" and _layer(m) is None] == []
+
+
+def test_no_module_imports_up_the_chain():
+    """taper -> spec -> budget -> models -> data/train -> paired -> search -> ladder -> report -> cli:
+    nothing imports a later layer (the package root's lazy names and a package re-exporting its
+    own modules aside)."""
+    _, edges = _import_graph()
+    upward = [f"{m} -> {t}" for m, ts in edges.items() for t in ts
+              if m != "autotaper" and t != "autotaper" and not t.startswith(m + ".") and _layer(t) > _layer(m)]
+    assert upward == []
+
+
+def test_the_import_graph_has_no_cycle():
+    import graphlib
+
+    _, edges = _import_graph()
+    graph = {m: {t for t in ts if t != "autotaper"} for m, ts in edges.items() if m != "autotaper"}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
+
+
+def test_the_graph_sees_imports_inside_functions():
+    """The check above would pass vacuously if function-level imports were missed: the CLI imports
+    the search only inside its commands."""
+    _, edges = _import_graph()
+    assert "autotaper.search.results" in edges["autotaper.cli"] or any(
+        t.startswith("autotaper.search") for t in edges["autotaper.cli"])
+    assert "autotaper.models.rules" in edges["autotaper.train.trainer"]
+
+
+def test_no_search_module_is_over_400_lines():
+    from pathlib import Path
+
+    import autotaper.search
+
+    root = Path(autotaper.search.__file__).parent
+    long = {str(p.relative_to(root)): n for p in root.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450}
+    assert long == {}
+
+
+# --help: every command, every flag with help text.
+def _commands():
+    import argparse
+
+    from autotaper.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, sub.choices
+
+
+def test_every_flag_of_every_command_has_help():
+    import argparse
+
+    parser, commands = _commands()
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, p in [("autotaper", parser), *commands.items()]
+               for a in p._actions
+               if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not (a.help or "").strip()]
+    assert missing == []
+
+
+def test_help_builds_for_every_command(capsys):
+    from autotaper.cli import main
+
+    _, commands = _commands()
+    assert len(commands) >= 13
+    for name in commands:
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: autotaper " + name), name
+
+
+# The API's objects round-trip through JSON.
+def test_api_objects_round_trip_through_json():
+    import json
+
+    from autotaper.ladder import LadderResult
+    from autotaper.search import Best, Calibration, CalibrationResult, Confirmation, SearchResult
+    from autotaper.search.records import TrialRecord
+
+    cal = Calibration(metric="val_bpb", seeds=[0, 1, 2], uniform=[1.0, 1.1, 0.9], reference_taper="ffn:cosine:1.5:0.5",
+                      reference=[0.95, 1.02, 0.91], repeat=None, deterministic=True, device="cpu", run_wall_s=2.5)
+    conf = Confirmation(text="t", winner=None, beats_uniform=False, seeds=[1000, 1001],
+                        candidates=[{"taper": "ffn:linear:1.2:0.8", "trial": 3, "mean": -0.01, "ci95": [-0.02, 0.0]}],
+                        mde=0.02, m=1, decomposition={"taper": "x"}, extra={"future_field": 1})
+    objects = [
+        cal,
+        CalibrationResult(cal, "s", "sqlite:///x.db"),
+        conf,
+        Best(taper="ffn:linear:1.2:0.8", delta=-0.01, ci95=[-0.02, 0.0], seeds=2, confirmed=True,
+             beats_uniform=False, text="t", trial=3, spec={"preset": "tiny"}),
+        SearchResult(study_name="s", storage="sqlite:///x.db", trials=7, elapsed_s=12.5, calibration=cal.to_dict(),
+                     plan="plan", confirmation=conf.to_dict()),
+        LadderResult({"ladder": "l", "rungs": [], "recommendation": {"taper": "uniform"}}, "runs/l/ladder.json",
+                     "runs/l/ladder.html"),
+        TrialRecord(status="complete", taper="uniform", delta=0.0, ci95=None, seed_deltas=[0.0], extra={"x": 1}),
+    ]
+    for obj in objects:
+        text = json.dumps(obj.to_dict() if hasattr(obj, "to_dict") else obj.to_attrs())
+        back = type(obj).from_dict(json.loads(text)) if hasattr(obj, "to_dict") else type(obj).from_attrs(json.loads(text))
+        assert back == obj, type(obj).__name__
+
+
+def test_a_trial_record_keeps_the_stored_format():
+    """ci95 is stored beside delta even when None (one seed); fields never set are not stored;
+    unknown keys survive a read and write."""
+    from autotaper.search.records import TrialRecord
+
+    attrs = {"status": "complete", "delta": 0.1, "ci95": None, "seed_deltas": [0.1], "from_the_future": 3}
+    assert TrialRecord.from_attrs(attrs).to_attrs() == attrs
+    assert TrialRecord(status="failed", reason="x").to_attrs() == {"status": "failed", "reason": "x"}
+
+
+def test_an_unknown_sampler_or_pruner_is_refused_with_the_list():
+    from autotaper.search import samplers
+
+    space = type("S", (), {"settings": type("T", (), {"sampler": "tpee", "pruner": "medain", "seed": 0,
+                                                       "multi_objective": False})(), "name": "s"})()
+    with pytest.raises(errors.InputError, match=r"search.sampler: unknown 'tpee' \(one of tpe, gp"):
+        samplers.make_sampler(space)
+    with pytest.raises(errors.InputError, match=r"search.pruner: unknown 'medain' \(one of median, hyperband"):
+        samplers.make_pruner(space)
+
+
+def test_studies_lists_and_deletes_the_studies_of_a_storage(tmp_path, monkeypatch, capsys):
+    import json
+
+    import optuna
+
+    from autotaper.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs/search/a").mkdir(parents=True)
+    url = "sqlite:///runs/search/a/study.db"
+    for name in ("a", "b"):
+        study = optuna.create_study(study_name=name, storage=url)
+        study.add_trial(optuna.trial.create_trial(value=1.0))
+    assert main(["studies", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted((s["study"], s["trials"], s["counted"]) for s in listed) == [("a", 1, 1), ("b", 1, 1)]
+    assert main(["studies", "--storage", url, "--delete", "b"]) == 0
+    assert main(["studies", "--storage", url, "--delete", "b"]) == 2  # gone: refused, one line
+    capsys.readouterr()
+    assert main(["studies", "--storage", url, "--json"]) == 0
+    assert [s["study"] for s in json.loads(capsys.readouterr().out)] == ["a"]

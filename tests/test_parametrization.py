@@ -237,10 +237,10 @@ def test_bad_parametrization_in_a_space_or_spec_file_is_refused(tmp_path):
 
 
 def test_a_study_made_under_one_parametrization_refuses_a_worker_with_another(tmp_path):
-    from autotaper.search import load_space
     import yaml
 
-    from autotaper.search.engine import open_study
+    from autotaper.search import load_space
+    from autotaper.search.study import open_study
 
     corpus = write_corpus(tmp_path / "corpus")
     path = tmp_path / "s.yaml"
@@ -272,9 +272,9 @@ def test_compare_prints_each_effect_and_their_paired_difference(tmp_path):
 
 def test_a_confirmation_can_train_longer_than_the_search(tmp_path):
     import optuna
+    import yaml
 
     from autotaper.search import load_space, run_search
-    import yaml
 
     corpus = write_corpus(tmp_path / "corpus")
     path = tmp_path / "long.yaml"
@@ -309,9 +309,10 @@ def test_bad_confirmation_lengths_are_refused(tmp_path, confirm, needle):
 
 
 def test_a_search_verdict_says_its_parametrization_and_decomposes_the_effect(tmp_path):
+    import yaml
+
     from autotaper.search import load_space, run_search
     from autotaper.search.results import leaderboard, to_table
-    import yaml
 
     corpus = write_corpus(tmp_path / "corpus")
     path = tmp_path / "dec.yaml"

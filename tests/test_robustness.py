@@ -2,9 +2,9 @@
 
 import os
 import shutil
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -13,7 +13,8 @@ import yaml
 
 from autotaper.data import load_data
 from autotaper.search import parse_space, run_search
-from autotaper.search.engine import CORPUS_ATTR, check_corpus, open_study
+from autotaper.search.records import CORPUS_ATTR
+from autotaper.search.study import check_corpus, open_study
 from tests.helpers import micro_space, write_corpus
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from autotaper.scale.fidelity import fidelity, rank_correlations
-from autotaper.scale.rungs import LadderConfig, RungDef, Rules, parse_ladder, resolve
-from autotaper.scale.trend import best_per_rung, fit_trend, held_out
+from autotaper.ladder.fidelity import fidelity, rank_correlations
+from autotaper.ladder.rungs import LadderConfig, Rules, RungDef, parse_ladder, resolve
+from autotaper.ladder.trend import best_per_rung, fit_trend, held_out
 from autotaper.search.space import Proxy
 from autotaper.spec import ModelSpec
 from tests.helpers import micro_space, write_corpus
@@ -281,7 +281,7 @@ def test_ladder_refuses_bad_input_with_one_line(tmp_path, ladder_space):
 
 
 def test_scales_replace_the_rungs_and_keep_the_ladder_rules(ladder_space):
-    from autotaper.scale.ladder import load_ladder
+    from autotaper.ladder.run import load_ladder
 
     space, config = load_ladder(ladder_space, scales=["tiny", "proxy-xs"])
     assert [r.name for r in config.rungs] == ["tiny", "proxy-xs"] and config.rungs[1].preset == "proxy-xs"

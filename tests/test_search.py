@@ -381,9 +381,8 @@ def test_training_memory_estimate_bounds_what_a_proxy_uses_on_cuda(corpus):
     training's peak (or workers run out of memory), nor overstate it threefold (or the GPU idles)."""
     from autotaper.data import load_data
     from autotaper.search.workers import CUDA_CONTEXT_BYTES, training_bytes
-    from autotaper.train import TrainConfig, train
-
     from autotaper.spec import ModelSpec
+    from autotaper.train import TrainConfig, train
 
     data = load_data(corpus)
     for preset, batch, precision in (("proxy-xs", 16, "bf16"), ("proxy-s", 64, "bf16"), ("proxy-s", 16, "fp32")):
@@ -404,7 +403,7 @@ def test_training_memory_estimate_bounds_what_a_proxy_uses_on_cuda(corpus):
 def test_every_sampler_pruner_and_the_two_objective_search_run(corpus, sampler, pruner, objectives):
     """The samplers and pruners the spaces accept, and a [bpb, tokens_per_s] search, run a
     real (tiny) search each; a pruner's study receives the trials' reports."""
-    from autotaper.search.engine import make_pruner, make_sampler
+    from autotaper.search.samplers import make_pruner, make_sampler
 
     taper = {"ffn": {"curve": ["linear", "cosine"], "strength": [0.25, 0.5] if sampler == "grid" else
                      {"low": 0.1, "high": 0.6}}}

@@ -3,11 +3,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autotaper.cost import count
 from autotaper.budget import solve, solve_report
+from autotaper.cost import count
 from autotaper.spec import ModelSpec
 from autotaper.taper import Taper
-
 from tests.test_taper import dim_tapers
 
 

@@ -18,9 +18,8 @@ from scipy import stats as sps
 
 from autotaper import stats
 from autotaper.paired import PairedEvaluator, spec_key
-from autotaper.search import parse_space, run_search
 from autotaper.search import objective as objective_module
-from autotaper.search import racing
+from autotaper.search import parse_space, racing, run_search
 from autotaper.search.calibrate import calibrate
 from autotaper.search.confirm import confirm
 from autotaper.search.results import leaderboard, verdict
@@ -169,7 +168,7 @@ def test_confirm_uses_only_fresh_seeds_never_the_search(corpus, scripted):
     # the study grows after its confirmation: the leaderboard says the verdict is stale
     run_search(_space(corpus, proxy={"seeds": {"min": 2, "max": 3}},
                       search={"sampler": "random", "n_trials": 8, "confirm": False}), quiet=True)
-    board = leaderboard(summary.storage, summary.study)
+    board = leaderboard(summary.storage, summary.study_name)
     assert board["verdict"]["stale"] and "autotaper confirm" in board["verdict"]["text"]
 
 
@@ -182,7 +181,7 @@ def test_a_search_whose_candidates_have_no_effect_never_ends_with_beats_uniform(
                        search={"sampler": "random", "n_trials": 10, "seed": seed,
                                "confirm": {"top_k": 3, "seeds": 4}})
         summary = run_search(space, quiet=True)
-        board = leaderboard(summary.storage, summary.study)
+        board = leaderboard(summary.storage, summary.study_name)
         assert board["verdict"]["confirmed"] and not board["verdict"]["beats_uniform"], board["verdict"]["text"]
         assert "no taper beats uniform" in board["verdict"]["text"]
         best = min(r["delta_bpb"] for r in board["trials"] if r["status"] == "complete")
@@ -266,7 +265,7 @@ def test_confirm_of_a_missing_study_is_one_line_exit_2():
 
 
 def test_the_plan_fits_the_budget_from_the_measured_run_time(corpus):
-    from autotaper.search.plan import make_plan
+    from autotaper.search.timeplan import make_plan
 
     space = _space(corpus, proxy={"seeds": {"min": 2, "max": 5}},
                    search={"n_trials": 50, "confirm": {"top_k": 2, "seeds": 4}})
@@ -308,7 +307,8 @@ def test_a_study_made_before_racing_still_opens(corpus):
     """Its stored space has no proxy.seeds_max: an unchanged space must not be refused."""
     import optuna
 
-    from autotaper.search.engine import SPACE_ATTR, open_study
+    from autotaper.search.records import SPACE_ATTR
+    from autotaper.search.study import open_study
 
     space = _space(corpus, name="old")
     study, _ = open_study(space, storage=None, study_name="old")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from autotaper.errors import InputError
+from autotaper.models.rules import block_list
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -27,16 +27,6 @@ def build_model(spec: "ModelSpec", *, seed: int | None = 0) -> "torch.nn.Module"
 
         init_weights(model, seed=seed, spec=spec)
     return model
-
-
-def block_list(model: "torch.nn.Module") -> "torch.nn.ModuleList":
-    """The model's repeated blocks (its largest ModuleList), for compiling and probing them."""
-    import torch
-
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    if not lists:
-        raise InputError(f"{type(model).__name__} has no ModuleList of blocks")
-    return max(lists, key=len)
 
 
 __all__ = ["block_list", "build_model"]

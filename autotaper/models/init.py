@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from autotaper.parametrization import is_residual_out, residual_init_depth, rules
+from autotaper.models.rules import rules
+from autotaper.parametrization import is_residual_out, residual_init_depth
 
 if TYPE_CHECKING:  # pragma: no cover
     from autotaper.spec import ModelSpec

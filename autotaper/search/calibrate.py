@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from autotaper import stats
 from autotaper.errors import InputError
+from autotaper.log import sayer
+from autotaper.search.records import CALIBRATION_ATTR
 from autotaper.search.space import PAPER_DEFAULT, BaseSpace
 
-CALIBRATION_ATTR = "calibration"
 MIN_CALIBRATION_SEEDS = 3
 
 
@@ -133,7 +133,7 @@ def measure_noise(study, space: BaseSpace, data, *, lrs: Sequence[float] = (), q
     ev = make_evaluator(space, data, store)  # no progress bar per run: a line per seed instead
     seeds = calibration_seeds(space)
     if say is None:
-        say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+        say = sayer(quiet)
     try:
         reference = solve(ev.base, PAPER_DEFAULT, constraint=space.proxy.constraint, tolerance=space.proxy.tolerance)
     except ValueError:
@@ -198,15 +198,32 @@ def lr_sweep(ev, seeds: Sequence[int], lrs: Sequence[float], proxy_lr: float) ->
     return rows
 
 
+@dataclass
+class CalibrationResult:
+    """What `calibrate` returns: the noise floor and the study that holds it."""
+
+    calibration: Calibration
+    study_name: str
+    storage: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"calibration": self.calibration.to_dict(), "study_name": self.study_name, "storage": self.storage}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CalibrationResult":
+        return cls(Calibration.from_dict(data["calibration"]), data["study_name"], data["storage"])
+
+
 def calibrate(space: BaseSpace, *, storage: str | None = None, study_name: str | None = None,
-              lrs: Sequence[float] = (), refresh: bool = False, quiet: bool = False) -> tuple[Calibration, str, str]:
+              lrs: Sequence[float] = (), refresh: bool = False, quiet: bool = False) -> CalibrationResult:
     """`autotaper calibrate`: measure (or read) the noise floor of a space's proxy, in the
-    study a search of the space uses. Returns (calibration, study name, storage URL)."""
-    from autotaper.search.engine import check_corpus, open_study
+    study a search of the space uses."""
     from autotaper.search.preflight import preflight
+    from autotaper.search.study import check_corpus, open_study
 
     ready = preflight(space, storage=storage, study_name=study_name)  # before anything is stored
     study, url = open_study(space, storage=ready.url, study_name=ready.name)
     data = ready.data
     check_corpus(study, data)
-    return measure_noise(study, space, data, lrs=lrs, quiet=quiet, refresh=refresh), study.study_name, url
+    return CalibrationResult(measure_noise(study, space, data, lrs=lrs, quiet=quiet, refresh=refresh),
+                             study.study_name, url)

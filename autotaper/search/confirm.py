@@ -15,14 +15,13 @@ Runs land in the study like every other run, so confirming again costs nothing.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any, Sequence
 
 from autotaper import stats
 from autotaper.errors import InputError
+from autotaper.log import sayer
+from autotaper.search.records import CONFIRMATION_ATTR, SPACE_ATTR, Confirmation
 from autotaper.search.space import CONFIRM_SEED_BASE, PAPER_DEFAULT, BaseSpace, Confirm, Proxy
-
-CONFIRMATION_ATTR = "confirmation"
 
 
 class StoredSpace(BaseSpace):
@@ -114,7 +113,7 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
     if not cands:
         raise InputError("confirm: the study has no complete taper to confirm")
     fresh = [CONFIRM_SEED_BASE + i for i in range(seeds)]
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    say = sayer(quiet)
     longer = (f", {run_steps} steps a run ({run_steps / space.proxy.steps:.3g}x the search's)"
               if run_steps != space.proxy.steps else "")
     say(f"confirming {len(cands)} taper(s) against uniform on {seeds} fresh seeds ({fresh[0]}..{fresh[-1]}){longer}")
@@ -249,17 +248,16 @@ def verdict(conf: dict) -> dict:
 
 def confirm(*, storage: str | None = None, study_name: str, top_k: int = 3, seeds: int = 3,
             quiet: bool = False, steps: int | None = None, tokens_per_param: float | None = None,
-            decompose: bool = True) -> dict:
+            decompose: bool = True) -> Confirmation:
     """`autotaper confirm --study X`: confirm any existing study's best tapers on fresh seeds."""
-    from autotaper.search.engine import SPACE_ATTR, check_corpus
-    from autotaper.search.results import load
+    from autotaper.search.study import check_corpus, load_study
 
-    study, _ = load(storage, study_name)
+    study, _ = load_study(storage, study_name)
     identity = study.user_attrs.get(SPACE_ATTR)
     if identity is None:
         raise InputError(f"confirm: study {study_name!r} was not made by autotaper (no recorded space)")
     space = StoredSpace(identity)
     data = space.proxy.load_data()
     check_corpus(study, data)
-    return confirm_study(study, space, data, top_k=top_k, seeds=seeds, quiet=quiet, steps=steps,
-                         tokens_per_param=tokens_per_param, decompose=decompose)
+    return Confirmation.from_dict(confirm_study(study, space, data, top_k=top_k, seeds=seeds, quiet=quiet,
+                                                steps=steps, tokens_per_param=tokens_per_param, decompose=decompose))

@@ -31,8 +31,8 @@ def preflight(space: BaseSpace, *, storage: str | None, study_name: str | None, 
     """Run every check of a search of `space` (see the module docstring); ValueError naming the
     field and the value on the first that fails."""
     from autotaper.memory import check_fits
-    from autotaper.search.engine import make_pruner, make_sampler
     from autotaper.search.objective import baseline_spec, train_config
+    from autotaper.search.samplers import make_pruner, make_sampler
     from autotaper.search.storage import check_storage, check_study_name, default_location
 
     if study_name is not None:

@@ -17,8 +17,11 @@ import io
 import math
 from typing import Any
 
-from autotaper.errors import InputError
-from autotaper.search.storage import default_location, mask_url, open_storage
+from autotaper.search.calibrate import Calibration
+from autotaper.search.confirm import complete_trials
+from autotaper.search.records import CALIBRATION_ATTR, CONFIRMATION_ATTR, SPACE_ATTR
+from autotaper.search.storage import mask_url
+from autotaper.search.study import load_study
 
 RACE_MARK = {"worse": ">", "better": "<", "max_seeds": "="}
 ORDER = {"reference": 0, "complete": 1, "pruned": 2, "infeasible": 3, "failed": 4, "running": 5, "waiting": 6}
@@ -127,32 +130,8 @@ def verdict(rows: list[dict[str, Any]], *, mde: float | None = None) -> dict[str
     return {"best": best["trial"], "taper": best["taper"], "beats_uniform": beats, "text": text, "confirmed": False}
 
 
-def load(storage: str | None, study_name: str):
-    import optuna
-
-    from autotaper.search.storage import check_study_name
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    check_study_name(study_name)  # also names report.html's folder: never a path
-    url = storage or default_location(study_name)
-    if url.startswith("sqlite:///"):
-        from pathlib import Path
-
-        if not Path(url[len("sqlite:///"):]).exists():
-            raise InputError(f"results: no study storage at {url} (run the search first, or pass --storage)")
-    backend = open_storage(url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
-    if study_name not in names:
-        raise InputError(f"results: no study {study_name!r} in {mask_url(url)} (studies: {', '.join(names) or 'none'})")
-    return optuna.load_study(study_name=study_name, storage=backend), url
-
-
 def leaderboard(storage: str | None, study_name: str) -> dict[str, Any]:
-    from autotaper.search.calibrate import CALIBRATION_ATTR, Calibration
-    from autotaper.search.confirm import CONFIRMATION_ATTR, complete_trials
-    from autotaper.search.engine import SPACE_ATTR
-
-    study, url = load(storage, study_name)
+    study, url = load_study(storage, study_name)
     rows = rows_of(study)
     attrs = study.user_attrs
     cal = Calibration.from_dict(attrs[CALIBRATION_ATTR]) if attrs.get(CALIBRATION_ATTR) else None

@@ -50,7 +50,7 @@ def train_on_ray(spec: ModelSpec, config: TrainConfig, *, out_dir: str | Path, d
     out_dir = Path(out_dir).resolve()
     started_here = not ray.is_initialized()
     if started_here:
-        from autotaper.search.cluster import connect
+        from autotaper.cluster import connect
 
         connect(address)  # a cluster's nodes get this autotaper (py_modules), installed there or not
     try:

@@ -178,7 +178,7 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device
     """AdamW with one group per distinct (LR, epsilon, weight decay) multiplier of the spec's
     parametrization and per-layer LR (`autotaper.parametrization.rules`); each group's
     `lr_scale` multiplies the schedule's LR at every step. Matrices decay, vectors do not."""
-    from autotaper.parametrization import rules
+    from autotaper.models.rules import rules
 
     spec = spec if spec is not None else getattr(model, "spec", None)
     found = rules(model, spec) if spec is not None else {}

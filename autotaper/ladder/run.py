@@ -3,7 +3,7 @@ and its trend handed to the target.
 
 Stages, each printed as it runs:
 1. **Rungs**: the space's proxy at every rung's shape, sized by the ladder's rules
-   (`autotaper.scale.rungs`).
+   (`autotaper.ladder.rungs`).
 2. **Search per rung**: `run_search` on the rung's own study (`{prefix}-{rung}` in
    `--storage`, or runs/search/{prefix}-{rung}/): calibration, plan, raced trials; an
    existing study resumes and its stored runs are reused.
@@ -11,9 +11,9 @@ Stages, each printed as it runs:
    rung's top k, retrained on fresh paired seeds at every rung with Holm's correction
    (`confirm_study`, stored in the rung's study: the per-rung verdicts are confirmed ones).
 4. **Fidelity** between adjacent rungs, in the order listed (smallest first, the rung
-   nearest the target last) (`autotaper.scale.fidelity`).
+   nearest the target last) (`autotaper.ladder.fidelity`).
 5. **Trend** of the best taper's knobs and effect across rungs and its prediction at the
-   target (`autotaper.scale.trend`); with three rungs or more, the last is held out and
+   target (`autotaper.ladder.trend`); with three rungs or more, the last is held out and
    predicted from the others, as a check of the extrapolation.
 6. **Hand-off**: the predicted taper solved to the target's exact budget, written as a spec
    file with the commands that train it and its uniform control.
@@ -25,16 +25,17 @@ import copy
 import dataclasses
 import json
 import math
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autotaper.errors import InputError
+from autotaper.ladder.fidelity import UNIFORM, fidelity
+from autotaper.ladder.rungs import LadderConfig, Rung, check_scales, parse_ladder, resolve
+from autotaper.ladder.trend import best_per_rung, features, fit_trend, held_out
+from autotaper.log import sayer
 from autotaper.parametrization import describe as describe_param
-from autotaper.scale.fidelity import UNIFORM, fidelity
-from autotaper.scale.rungs import LadderConfig, Rung, check_scales, parse_ladder, resolve
-from autotaper.scale.trend import best_per_rung, features, fit_trend, held_out
 from autotaper.search.space import PAPER_DEFAULT, YamlSpace, parse_space, read_space_file
 from autotaper.search.storage import mask_url
 
@@ -98,14 +99,16 @@ def _knob_values(label: str, dim: str) -> dict[str, float | None]:
 
 
 def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: str | None = None,
-               prefix: str | None = None, out_dir: str | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Run (or resume) the ladder; returns the report (also written to out_dir/ladder.json)."""
+               prefix: str | None = None, out_dir: str | None = None, quiet: bool = False) -> "LadderResult":
+    """Run (or resume) the ladder; returns its result (also written to out_dir/ladder.json;
+    `autotaper.report.write_ladder_report` makes its HTML page)."""
     from autotaper.cost import count
+    from autotaper.search.backends.optuna import run_search
     from autotaper.search.confirm import confirm_study, pick
-    from autotaper.search.engine import open_study, run_search
     from autotaper.search.objective import metric_key
+    from autotaper.search.study import open_study
 
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    say = sayer(quiet)
     started = time.time()
     p = space.proxy
     data = p.load_data()
@@ -131,7 +134,7 @@ def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: 
         say(f"\n== rung {r.name}: search ==")
         summary = run_search(_rung_space(space, r), storage=storage, study_name=f"{prefix}-{r.name}",
                              n_trials=config.n_trials, budget_s=config.budget_s, confirm=False, quiet=quiet)
-        study, url = open_study(_rung_space(space, r), storage=summary.storage, study_name=summary.study)
+        study, url = open_study(_rung_space(space, r), storage=summary.storage, study_name=summary.study_name)
         studies[r.name] = (study, url)
 
     # 3. the shared probe set on fresh seeds at every rung
@@ -166,11 +169,41 @@ def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "ladder.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
-    report["report_path"] = str(path)
-    from autotaper.report import write_ladder_report
+    return LadderResult(report, str(path))
 
-    report["html_path"] = str(write_ladder_report(report, out_dir / "ladder.html"))
-    return report
+
+@dataclass
+class LadderResult:
+    """What `run_ladder` returns: the ladder's report (ladder.json's content) and where it is."""
+
+    report: dict[str, Any]
+    path: str  # ladder.json
+    html_path: str | None = None  # ladder.html, once written
+
+    @property
+    def recommendation(self) -> dict[str, Any]:
+        """The hand-off: the taper for the target and the call that trains it."""
+        return self.report["recommendation"]
+
+    @property
+    def rungs(self) -> list[dict[str, Any]]:
+        return self.report["rungs"]
+
+    @property
+    def fidelity(self) -> list[dict[str, Any]]:
+        return self.report["fidelity"]
+
+    @property
+    def trend(self) -> dict[str, Any]:
+        return self.report["trend"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.report, "report_path": self.path, "html_path": self.html_path}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LadderResult":
+        report = {k: v for k, v in data.items() if k not in ("report_path", "html_path")}
+        return cls(report, data["report_path"], data.get("html_path"))
 
 
 def _rung_line(r: Rung) -> str:

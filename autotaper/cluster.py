@@ -256,7 +256,7 @@ def submit_search(address: str, space_path: str | Path, args: list[str], *, stor
     if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
         raise InputError(f"--storage {storage!r}: a submitted job needs an absolute path on the head node "
                          "(sqlite:////...): a job's own folder is removed when it ends")
-    from autotaper.search.storage import strip_password
+    from autotaper.urls import strip_password
 
     if strip_password(storage) != storage or os.environ.get("PGPASSWORD"):
         say("note: the storage password travels in the job's runtime env, which Ray keeps in its job table "

@@ -33,6 +33,7 @@ with trials spread over every CPU, GPU and node of a Ray cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -41,28 +42,21 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from autotaper.cluster import check_versions, connect
 from autotaper.errors import InputError
-from autotaper.search.cluster import check_versions, connect
-from autotaper.search.engine import (
-    SearchSummary,
-    add_references,
-    check_corpus,
-    check_failures,
-    finish_search,
-    finished,
-    open_study,
-    prepare_search,
-)
+from autotaper.search.backends._base import Backend
 from autotaper.search.objective import (
     INFEASIBLE_PENALTY,
     MemoryStore,
     TaperObjective,
-    ensure_baselines,
-    metric_key,
+    make_evaluator,
     one_line,
     running_twin,
 )
+from autotaper.search.records import EXPERIMENT_ATTR
+from autotaper.search.result import SearchResult
 from autotaper.search.space import BaseSpace
+from autotaper.search.study import check_failures, n_finished
 
 METRIC = "delta_bpb"
 NEW_RUNS = "new_runs"  # runs a trial trained that the study lacked: written there by the driver
@@ -248,121 +242,126 @@ class _Define:
         return {"spec": prep.spec.to_dict(), "train": prep.train, "incumbent": prep.incumbent, "known": prep.known}
 
 
+class RayBackend(Backend):
+    """Trials as Ray Tune trials over every CPU, GPU and node of a Ray cluster (see the module
+    docstring); resources default to the space's `search` section."""
+
+    name = "ray"
+
+    def __init__(self, space: BaseSpace, *, address: str | None = None, cpus_per_trial: float | None = None,
+                 gpus_per_trial: float | str | None = None, max_concurrent: int | None = None,
+                 tune_storage: str | None = None):
+        s = space.settings
+        self.address = address
+        self.cpus = s.cpus_per_trial if cpus_per_trial is None else cpus_per_trial
+        self.gpus = s.gpus_per_trial if gpus_per_trial is None else gpus_per_trial
+        self.max_concurrent = s.max_concurrent if max_concurrent is None else max_concurrent
+        if self.gpus != "auto" and (self.gpus < 0 or self.cpus <= 0):
+            raise InputError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
+                             f"{self.cpus} and {self.gpus}")
+        # Ray's own default place, outside any job working directory (which Ray may clean up
+        # while a `ray job submit` driver still runs).
+        self.root = Path(tune_storage).resolve() if tune_storage else Path.home() / "ray_results" / "autotaper"
+
+    @contextlib.contextmanager
+    def session(self, study, space: BaseSpace, data, say):
+        import ray
+
+        # Run from Tune's own folder: under `ray job submit` the unpacked working directory can
+        # disappear while the driver runs, and Tune resolves paths against the cwd.
+        try:
+            previous = os.getcwd()
+        except FileNotFoundError:
+            previous = None
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chdir(self.root)
+        ours = False
+        try:
+            ours = connect(self.address)
+            if self.address or len([n for n in ray.nodes() if n.get("Alive")]) > 1:
+                check_versions(modules=("ray.tune",))  # before any trial: a node with other versions, in one line
+            # Tune asks Optuna for trials outside Study.optimize, so RDB storages warn that their
+            # heartbeat is unused; Tune watches its own workers, and a trial without heartbeats is
+            # never failed as stale, so the warning says nothing the user can act on.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                from autotaper.search.calibrate import calibration_seeds
+
+                if self.gpus == "auto":
+                    self.gpus = auto_gpu_share(space)
+                    say(f"gpus_per_trial auto: {self.gpus:.4g}"
+                        + (f" ({round(1 / self.gpus)} proxy trials per GPU)" if self.gpus else " (no GPU)"))
+                self.shipped = ray.put(portable(data))  # every node trains on the driver's tokens
+                _baselines_on_cluster(study, space, self.shipped, self.cpus, self.gpus, calibration_seeds(space))
+                yield
+        finally:
+            if ours:
+                ray.shutdown()
+            if previous is not None and os.path.isdir(previous):
+                os.chdir(previous)
+
+    def run_trials(self, study, space: BaseSpace, data, *, url: str, n_trials: int, timeout: float | None,
+                   quiet: bool, say) -> None:
+        from ray import tune
+
+        objective = TaperObjective(space, data)
+        multi = space.settings.multi_objective
+        metric = [METRIC, "tokens_per_s"] if multi else METRIC
+        mode = ["min", "max"] if multi else "min"
+        paths: dict[str, str] = {}
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, space=space, cpus=self.cpus, data=self.shipped),
+            {"cpu": self.cpus, "gpu": self.gpus})
+        # An interrupted experiment is restored first (its unfinished trials resume in the same
+        # study trials); trials still missing after that run in a new experiment.
+        last = study.user_attrs.get(EXPERIMENT_ATTR)
+        if last and tune.Tuner.can_restore(last):
+            say(f"restoring the Ray Tune experiment in {last}")
+            tune.Tuner.restore(last, trainable=trainable, resume_errored=True).fit()
+        # A proposal of a spec that a running trial trains ends as a duplicate and uses up one
+        # of Tune's samples: the samples still missing run in another experiment, while the
+        # rounds make progress.
+        deadline = time.time() + timeout if timeout else None
+        for round_ in range(MAX_ROUNDS):
+            remaining = max(0, n_trials - n_finished(study))
+            left = None if deadline is None else deadline - time.time()
+            if not remaining or (left is not None and left < 1):
+                break
+            before = n_finished(study)
+            define = _Define(space, objective)
+            searcher = _study_search_class()(space=define, metric=metric, mode=mode,
+                                             sampler=study.sampler, study_name=study.study_name,
+                                             storage=study._storage, paths=paths)
+            define.live = searcher.in_flight  # a RUNNING trial of an interrupted experiment is no twin
+            name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-{round_}" if round_ else "")
+            study.set_user_attr(EXPERIMENT_ATTR, str(self.root / name))
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space), num_samples=remaining,
+                                            max_concurrent_trials=self.max_concurrent, time_budget_s=left,
+                                            reuse_actors=space.settings.reuse_actors,
+                                            **({} if multi else {"metric": METRIC, "mode": "min"})),
+                run_config=tune.RunConfig(name=name, storage_path=str(self.root),
+                                          failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+                                          callbacks=[_paths_callback(paths)], verbose=0 if quiet else 1))
+            tuner.fit()  # the leaderboard reads the study, not the ResultGrid (constraints, early stops)
+            if searcher.in_flight() or n_finished(study) == before:  # interrupted, or no progress
+                break
+            check_failures(study, space)
+
+
 def run_ray_search(space: BaseSpace, *, storage: str | None = None, study_name: str | None = None,
                    n_trials: int | None = None, timeout: float | None = None, address: str | None = None,
                    cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
                    max_concurrent: int | None = None, tune_storage: str | None = None,
-                   budget_s: float | None = None, confirm: bool = True, quiet: bool = False) -> SearchSummary:
-    """Run (or resume) a search through Ray Tune; resources default to the space's `search`
-    section (cpus_per_trial, gpus_per_trial, max_concurrent)."""
-    import ray
-    from ray import tune
+                   budget_s: float | None = None, confirm: bool = True, quiet: bool = False) -> SearchResult:
+    """Run (or resume) a search through Ray Tune (`RayBackend`); returns a `SearchResult`."""
+    from autotaper.search import pipeline
 
-    cpus_per_trial = space.settings.cpus_per_trial if cpus_per_trial is None else cpus_per_trial
-    gpus_per_trial = space.settings.gpus_per_trial if gpus_per_trial is None else gpus_per_trial
-    max_concurrent = space.settings.max_concurrent if max_concurrent is None else max_concurrent
-    if gpus_per_trial != "auto" and (gpus_per_trial < 0 or cpus_per_trial <= 0):
-        raise InputError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
-                         f"{cpus_per_trial} and {gpus_per_trial}")
-    n_trials = n_trials or space.settings.n_trials
-    started = time.time()
-    from autotaper.search.preflight import preflight
-
-    ready = preflight(space, storage=storage, study_name=study_name)  # before anything is stored
-    study, url = open_study(space, storage=ready.url, study_name=ready.name)
-    data = ready.data
-    check_corpus(study, data)
-    # Ray's own default place, outside any job working directory (which Ray may clean up
-    # while a `ray job submit` driver still runs).
-    root = Path(tune_storage).resolve() if tune_storage else Path.home() / "ray_results" / "autotaper"
-    # Run from Tune's own folder: under `ray job submit` the unpacked working directory can
-    # disappear while the driver runs, and Tune resolves paths against the cwd.
-    try:
-        previous = os.getcwd()
-    except FileNotFoundError:
-        previous = None
-    root.mkdir(parents=True, exist_ok=True)
-    os.chdir(root)
-    ours = connect(address)
-    if address or len([n for n in ray.nodes() if n.get("Alive")]) > 1:
-        check_versions(modules=("ray.tune",))  # before any trial: a node with other versions is named in one line
-    # Tune asks Optuna for trials outside Study.optimize, so RDB storages warn that their
-    # heartbeat is unused; Tune watches its own workers, and a trial without heartbeats is
-    # never failed as stale, so the warning says nothing the user can act on.
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-            say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
-            from autotaper.search.calibrate import calibration_seeds
-
-            if gpus_per_trial == "auto":
-                gpus_per_trial = auto_gpu_share(space)
-                say(f"gpus_per_trial auto: {gpus_per_trial:.4g}"
-                    + (f" ({round(1 / gpus_per_trial)} proxy trials per GPU)" if gpus_per_trial else " (no GPU)"))
-            shipped = ray.put(portable(data))  # every node trains on the driver's tokens
-            _baselines_on_cluster(study, space, shipped, cpus_per_trial, gpus_per_trial, calibration_seeds(space))
-            budget_s = space.settings.budget_s if budget_s is None else budget_s
-            cal, plan = prepare_search(study, space, data, n_trials=n_trials, started=started, budget_s=budget_s,
-                                       confirm=confirm, say=say)
-            n_trials = plan.n_trials
-            if plan.trials_timeout_s is not None:
-                timeout = min(timeout or float("inf"), max(1.0, plan.trials_timeout_s))
-            baselines = ensure_baselines(study, space, data)
-            add_references(study, space, baselines, metric_key(data))
-            objective = TaperObjective(space, data)
-            multi = space.settings.multi_objective
-            metric = [METRIC, "tokens_per_s"] if multi else METRIC
-            mode = ["min", "max"] if multi else "min"
-            paths: dict[str, str] = {}
-            trainable = tune.with_resources(
-                tune.with_parameters(_trainable, space=space, cpus=cpus_per_trial, data=shipped),
-                {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-            # An interrupted experiment is restored first (its unfinished trials resume in the same
-            # study trials); trials still missing after that run in a new experiment.
-            last = study.user_attrs.get("ray/experiment")
-            if last and tune.Tuner.can_restore(last):
-                say(f"restoring the Ray Tune experiment in {last}")
-                tune.Tuner.restore(last, trainable=trainable, resume_errored=True).fit()
-            # A proposal of a spec that a running trial trains ends as a duplicate and uses up one
-            # of Tune's samples: the samples still missing run in another experiment, while the
-            # rounds make progress.
-            deadline = time.time() + timeout if timeout else None
-            for round_ in range(MAX_ROUNDS):
-                remaining = max(0, n_trials - finished(study))
-                left = None if deadline is None else deadline - time.time()
-                if not remaining or (left is not None and left < 1):
-                    break
-                before = finished(study)
-                define = _Define(space, objective)
-                searcher = _study_search_class()(space=define, metric=metric, mode=mode,
-                                                 sampler=study.sampler, study_name=study.study_name,
-                                                 storage=study._storage, paths=paths)
-                define.live = searcher.in_flight  # a RUNNING trial of an interrupted experiment is no twin
-                name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-{round_}" if round_ else "")
-                study.set_user_attr("ray/experiment", str(root / name))
-                tuner = tune.Tuner(
-                    trainable,
-                    tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space), num_samples=remaining,
-                                                max_concurrent_trials=max_concurrent, time_budget_s=left,
-                                                reuse_actors=space.settings.reuse_actors,
-                                                **({} if multi else {"metric": METRIC, "mode": "min"})),
-                    run_config=tune.RunConfig(name=name, storage_path=str(root),
-                                              failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-                                              callbacks=[_paths_callback(paths)], verbose=0 if quiet else 1))
-                tuner.fit()  # the leaderboard reads the study, not the ResultGrid (constraints, early stops)
-                if searcher.in_flight() or finished(study) == before:  # interrupted, or no progress
-                    break
-                check_failures(study, space)
-            check_failures(study, space)
-            confirmation = finish_search(study, space, data, confirm=confirm, say=say, quiet=quiet,
-                                         plan=plan)
-    finally:
-        if ours:
-            ray.shutdown()
-        if previous is not None and os.path.isdir(previous):
-            os.chdir(previous)
-    return SearchSummary(study.study_name, url, len(study.get_trials(deepcopy=False)), time.time() - started,
-                         calibration=cal.to_dict(), plan=plan.text(), confirmation=confirmation)
+    backend = RayBackend(space, address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                         max_concurrent=max_concurrent, tune_storage=tune_storage)
+    return pipeline.run(space, backend, storage=storage, study_name=study_name, n_trials=n_trials,
+                        timeout=timeout, budget_s=budget_s, confirm=confirm, quiet=quiet)
 
 
 def _scheduler(space: BaseSpace):
@@ -428,6 +427,5 @@ def _baselines_on_cluster(study, space: BaseSpace, data_ref, cpus: float, gpus: 
 
 
 def _baseline_task(space: BaseSpace, seed: int, data) -> dict:
-    from autotaper.search.objective import make_evaluator
 
     return make_evaluator(space, data, {}).baseline(seed)
