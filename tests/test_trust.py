@@ -117,7 +117,7 @@ def test_racing_adds_seeds_only_to_candidates_that_overlap_the_incumbent(corpus,
     space = _space(corpus, proxy={"seeds": {"min": 2, "max": 6}},
                    search={"sampler": "random", "n_trials": 14, "confirm": False})
     summary = run_search(space, quiet=True)
-    study = optuna.load_study(study_name=summary.study, storage=summary.storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=summary.storage)
     assert assert_raced(study, 2, 6) > 0  # some candidate did overlap and got more seeds
     for t in study.trials:
         a = t.user_attrs
@@ -143,7 +143,7 @@ def test_confirm_uses_only_fresh_seeds_never_the_search(corpus, scripted):
     summary = run_search(space, quiet=True)
     conf = summary.confirmation
     assert conf["seeds"] == [CONFIRM_SEED_BASE + i for i in range(4)]
-    study = optuna.load_study(study_name=summary.study, storage=summary.storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=summary.storage)
     search_seeds = set(range(max(3, space.proxy.max_seeds)))  # calibration and racing seeds
     for c in conf["candidates"]:
         key = next(t.user_attrs["spec_key"] for t in study.trials if t.user_attrs.get("taper") == c["taper"])
@@ -157,13 +157,13 @@ def test_confirm_uses_only_fresh_seeds_never_the_search(corpus, scripted):
     # confirming again through the CLI, on 2 of the seeds: the stored runs, the same numbers
     stored = len(study.user_attrs)
     # (--no-decompose: this process's scripted runs are not in the subprocess, which would train for real)
-    out = subprocess.run([sys.executable, "-m", "autotaper", "confirm", "--study", summary.study, "--top-k", "2",
+    out = subprocess.run([sys.executable, "-m", "autotaper", "confirm", "--study", summary.study_name, "--top-k", "2",
                           "--seeds", "2", "--json", "--no-decompose"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     again = json.loads(out.stdout.splitlines()[-1])
     assert again["seeds"] == conf["seeds"][:2]
     assert [c["deltas"] for c in again["candidates"]] == [c["deltas"][:2] for c in conf["candidates"]]
-    study = optuna.load_study(study_name=summary.study, storage=summary.storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=summary.storage)
     assert len(study.user_attrs) == stored  # no run was added: nothing was trained again
     # the study grows after its confirmation: the leaderboard says the verdict is stale
     run_search(_space(corpus, proxy={"seeds": {"min": 2, "max": 3}},
@@ -203,7 +203,8 @@ def test_a_real_effect_twice_the_mde_is_confirmed(corpus, scripted):
 # -- calibration on the real trainer --------------------------------------------------------
 def test_calibrate_on_tiny_gives_finite_sds_and_an_mde(corpus, tmp_path):
     space = _space(corpus, proxy={"seeds": 3})
-    cal, study, url = calibrate(space, quiet=True, lrs=[1e-3])
+    res = calibrate(space, quiet=True, lrs=[1e-3])
+    cal, study, url = res.calibration, res.study_name, res.storage
     assert cal.seeds == [0, 1, 2] and cal.deterministic and cal.run_to_run_sd == 0.0
     for x in (cal.per_seed_sd, cal.delta_sd, cal.mde(3), cal.mde(10)):
         assert x is not None and math.isfinite(x) and x > 0
