@@ -70,7 +70,7 @@ def load_ladder(path: str | Path, *, scales: list[str] | None = None,
     return space, parse_ladder(raw)
 
 
-def load_target(text: str, *, vocab_size: int | None = None):
+def load_target(text: str):
     """A preset name or a spec file (from `autotaper plan --out`), uniform: the baseline."""
     from autotaper.spec import PRESETS, ModelSpec
 

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from autotaper.errors import InputError, StorageError
+from autotaper.log import logger
 from autotaper.urls import SECRET_KEYS, escape_userinfo, mask_url, scrub, secrets_in, strip_password  # noqa: F401 - re-exported
 
 DEFAULT_ROOT = Path("runs/search")
@@ -177,7 +178,6 @@ def _resilient_class():
     global _RESILIENT
     if _RESILIENT is not None:
         return _RESILIENT
-    import sys
 
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages import BaseStorage, RDBStorage
@@ -218,8 +218,8 @@ def _resilient_class():
             if since is None:
                 self._lost_at = now
                 first = str(error.__cause__ or error).strip().splitlines()
-                print(f"storage: lost {mask_url(self.url)} ({first[0] if first else type(error).__name__}); "
-                      f"retrying for up to {RETRY_S:.0f} s", file=sys.stderr, flush=True)
+                logger.warning(f"storage: lost {mask_url(self.url)} ({first[0] if first else type(error).__name__}); "
+                               f"retrying for up to {RETRY_S:.0f} s")
             elif now - since > RETRY_S:
                 raise StorageError(f"storage: {mask_url(self.url)} unreachable for {now - since:.0f} s "
                                  f"(AUTOTAPER_STORAGE_RETRY_S={RETRY_S:.0f}); the study is as it was; "
@@ -230,8 +230,7 @@ def _resilient_class():
             with _OUTAGE_LOCK:
                 since, self._lost_at = self._lost_at, None
             if since is not None:
-                print(f"storage: {mask_url(self.url)} is back after {time.time() - since:.0f} s; going on",
-                      file=sys.stderr, flush=True)
+                logger.warning(f"storage: {mask_url(self.url)} is back after {time.time() - since:.0f} s; going on")
 
     def __getstate__(self):  # no lock or outage state in a pickled copy
         state = RDBStorage.__getstate__(self)
