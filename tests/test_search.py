@@ -55,6 +55,12 @@ def test_end_to_end_search_and_leaderboard(corpus, tmp_path):
         assert r["seeds"] == 2 and r["params_delta"] == 0
         assert_t_interval(r["ci95"], study.trials[r["trial"]].user_attrs["seed_deltas"])
     assert board["verdict"]["text"]
+    # the result carries the answer: the search stage's best (tiny_space confirms nothing), its spec, its rows
+    best = summary.best
+    row = rows[board["verdict"]["best"]]
+    assert (best.taper, best.delta, best.ci95, best.seeds) == (row["taper"], row["delta_bpb"], row["ci95"], row["seeds"])
+    assert best.text == board["verdict"]["text"] and best.model_spec().taper == best.taper
+    assert summary.study.study_name == "tiny" and len(summary.to_dataframe()) == len(board["trials"])
     # the study's baselines are cached per seed, and trials paired with them
     assert {"baseline/seed0", "baseline/seed1"} <= set(study.user_attrs)
     t1 = study.trials[1]

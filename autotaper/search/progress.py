@@ -6,6 +6,9 @@ from __future__ import annotations
 import sys
 import time
 
+from autotaper.search import records
+from autotaper.search.records import TrialRecord
+
 
 class Progress:
     def __init__(self, study, n_trials: int, *, quiet: bool = False):
@@ -23,8 +26,9 @@ class Progress:
 
         c = {"done": 0, "pruned": 0, "failed": 0, "infeasible": 0, "duplicates": 0, "best": None}
         for t in self.study.get_trials(deepcopy=False):
-            status = t.user_attrs.get("status")
-            if status == "duplicate":
+            r = TrialRecord.from_trial(t)
+            status = r.status
+            if status == records.DUPLICATE:
                 c["duplicates"] += 1
                 continue
             if t.state == TrialState.COMPLETE or t.state == TrialState.PRUNED:
@@ -33,11 +37,11 @@ class Progress:
                 c["pruned"] += 1
             elif t.state == TrialState.FAIL:
                 c["failed"] += 1
-            elif status == "infeasible":
+            elif status == records.INFEASIBLE:
                 c["infeasible"] += 1
-            elif status == "complete" and t.user_attrs.get("delta") is not None:
-                if c["best"] is None or t.user_attrs["delta"] < c["best"].user_attrs["delta"]:
-                    c["best"] = t
+            elif status == records.COMPLETE and r.delta is not None:
+                if c["best"] is None or r.delta < c["best"].delta:
+                    c["best"] = r
         return c
 
     def _line(self, c: dict) -> str:
@@ -46,9 +50,9 @@ class Progress:
         if c["duplicates"]:
             text += f" duplicates {c['duplicates']}"
         if best is not None:
-            ci = best.user_attrs.get("ci95")
+            ci = best.ci95
             ci_text = f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""
-            text += f" | best {best.user_attrs['taper']} {best.user_attrs['delta']:+.4f}{ci_text}"
+            text += f" | best {best.taper} {best.delta:+.4f}{ci_text}"
         return text
 
     def on_trial(self, study, trial) -> None:  # an Optuna callback
@@ -59,18 +63,18 @@ class Progress:
             return
         c = self._counts()
         for t in self.study.get_trials(deepcopy=False):
-            if t.number in self.seen or not t.state.is_finished() or t.user_attrs.get("status") in ("reference",
-                                                                                                    "duplicate"):
+            a = TrialRecord.from_trial(t)
+            if t.number in self.seen or not t.state.is_finished() or a.status in (records.REFERENCE,
+                                                                                  records.DUPLICATE):
                 continue
             self.seen.add(t.number)
-            a = t.user_attrs
-            delta = a.get("delta")
-            d_text = f"{delta:+.4f}" if isinstance(delta, float) else "   n/a "
-            seeds = len(a.get("seed_deltas") or [])
+            d_text = f"{a.delta:+.4f}" if isinstance(a.delta, float) else "   n/a "
+            seeds = len(a.seed_deltas or [])
             race = {"worse": ", raced out", "better": ", better than the incumbent", "max_seeds": ", at seeds.max"}
-            detail = f"({seeds} seed{'s' * (seeds != 1)}{race.get(a.get('race'), '')})" if seeds else ""
-            self.bar.write(f"  trial {t.number:>3} {t.state.name.lower():>8} {d_text}  {a.get('taper', '?')}  "
-                           f"{detail}  {a.get('reason', '')}".rstrip(), file=sys.stderr)  # stdout: results only
+            detail = f"({seeds} seed{'s' * (seeds != 1)}{race.get(a.race, '')})" if seeds else ""
+            self.bar.write(f"  trial {t.number:>3} {t.state.name.lower():>8} {d_text}  "
+                           f"{a.taper if a.taper is not None else '?'}  {detail}  {a.reason or ''}".rstrip(),
+                           file=sys.stderr)  # stdout: results only
         new = c["done"] - self.bar.n
         if new > 0:
             self.bar.update(new)

@@ -17,9 +17,10 @@ import io
 import math
 from typing import Any
 
+from autotaper.search import records
 from autotaper.search.calibrate import Calibration
 from autotaper.search.confirm import complete_trials
-from autotaper.search.records import CALIBRATION_ATTR, CONFIRMATION_ATTR, SPACE_ATTR
+from autotaper.search.records import CALIBRATION_ATTR, CONFIRMATION_ATTR, SPACE_ATTR, TrialRecord
 from autotaper.search.storage import mask_url
 from autotaper.search.study import load_study
 
@@ -30,11 +31,11 @@ ORDER = {"reference": 0, "complete": 1, "pruned": 2, "infeasible": 3, "failed": 
 def _status(t) -> str:
     from optuna.trial import TrialState
 
-    attr = t.user_attrs.get("status")
-    if attr in ("reference", "duplicate"):
+    attr = records.status_of(t)
+    if attr in (records.REFERENCE, records.DUPLICATE):
         return attr
     if t.state == TrialState.COMPLETE:
-        return "infeasible" if attr == "infeasible" else "complete"
+        return records.INFEASIBLE if attr == records.INFEASIBLE else records.COMPLETE
     return {TrialState.PRUNED: "pruned", TrialState.FAIL: "failed", TrialState.RUNNING: "running",
             TrialState.WAITING: "waiting"}.get(t.state, t.state.name.lower())
 
@@ -57,7 +58,7 @@ def rows_of(study) -> list[dict[str, Any]]:
     rows = []
     reference_seen = False
     for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
+        a = TrialRecord.from_trial(t)
         status = _status(t)
         if status == "duplicate":
             continue
@@ -67,13 +68,13 @@ def rows_of(study) -> list[dict[str, Any]]:
                 continue
             reference_seen = True
         rows.append({
-            "trial": t.number, "taper": a.get("taper", ""), "widths": _widths(a.get("layers")),
-            "params_delta": a.get("params_delta"), "flops_delta": a.get("flops_delta"),
-            "delta_bpb": a.get("delta"), "se": a.get("se"), "ci95": a.get("ci95"),
-            "seeds": len(a.get("seed_deltas") or []), "status": status,
-            "early_stopped": bool(a.get("early_stopped", False)),
-            "tokens_per_s": a.get("tokens_per_s"), "reason": a.get("reason") or t.system_attrs.get("fail_reason"),
-            "backend": a.get("backend", "optuna"), "race": a.get("race"), "spec_key": a.get("spec_key"),
+            "trial": t.number, "taper": a.taper if a.taper is not None else "", "widths": _widths(a.layers),
+            "params_delta": a.params_delta, "flops_delta": a.flops_delta,
+            "delta_bpb": a.delta, "se": a.se, "ci95": a.ci95,
+            "seeds": len(a.seed_deltas or []), "status": status,
+            "early_stopped": bool(a.early_stopped or False),
+            "tokens_per_s": a.tokens_per_s, "reason": a.reason or t.system_attrs.get("fail_reason"),
+            "backend": a.backend if a.backend is not None else "optuna", "race": a.race, "spec_key": a.spec_key,
             "same_as": [],
         })
     rows = _once_per_spec(rows)
@@ -154,7 +155,7 @@ def leaderboard(storage: str | None, study_name: str) -> dict[str, Any]:
                  "confirmed": True, "stale": grown > 0}
     else:
         final = verdict(rows, mde=noise["mde_search"] if noise else None)
-    duplicates = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "duplicate")
+    duplicates = sum(1 for t in study.get_trials(deepcopy=False) if records.status_of(t) == records.DUPLICATE)
     recipe = {k: proxy.get(k) for k in ("preset", "steps", "batch_size", "lr", "parametrization", "depth_alpha")}
     recipe["parametrization"] = recipe["parametrization"] or "sp"  # a study from before the field
     return {"study": study_name, "storage": mask_url(url), "trials": rows, "noise": noise, "confirmation": conf,
