@@ -203,8 +203,7 @@ def test_a_real_effect_twice_the_mde_is_confirmed(corpus, scripted):
 # -- calibration on the real trainer --------------------------------------------------------
 def test_calibrate_on_tiny_gives_finite_sds_and_an_mde(corpus, tmp_path):
     space = _space(corpus, proxy={"seeds": 3})
-    res = calibrate(space, quiet=True, lrs=[1e-3])
-    cal, study, url = res.calibration, res.study_name, res.storage
+    cal = calibrate(space, quiet=True, lrs=[1e-3]).calibration
     assert cal.seeds == [0, 1, 2] and cal.deterministic and cal.run_to_run_sd == 0.0
     for x in (cal.per_seed_sd, cal.delta_sd, cal.mde(3), cal.mde(10)):
         assert x is not None and math.isfinite(x) and x > 0
