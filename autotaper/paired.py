@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, MutableMapping
+from typing import Any, Callable, Iterable, Mapping, MutableMapping, Sequence
 
 from autotaper.errors import InputError, PairingError
 from autotaper.spec import ModelSpec
@@ -268,3 +268,17 @@ def compare_parametrizations(bases: Mapping[str, ModelSpec], taper: str, data,
                 on_run(name, taper, r)
     unit = "bpb" if metric_key(data) == "val_bpb" else "loss"
     return ParamComparison(str(specs[next(iter(specs))].taper), unit, out)
+
+
+def compare(baseline: ModelSpec, taper: str, data, config, *, params: Sequence[str] = ("sp",), seeds: int = 3,
+            constraint: str = "params", tolerance: float = 1e-3, quiet: bool = True, out_dir: str | None = None,
+            on_run: Callable[[str, str, SeedRun], None] | None = None, **param_fields: Any) -> ParamComparison:
+    """`autotaper compare`: `taper` against the uniform `baseline` on seeds 0..`seeds`-1, each
+    pair trained with `config` (a TrainConfig; its seed set per pair), under every
+    parametrization in `params` (`param_fields`: depth_alpha, base_d_model, base_n_layers)."""
+    import dataclasses
+
+    bases = {name: dataclasses.replace(baseline, parametrization=name, **param_fields) for name in params}
+    return compare_parametrizations(bases, taper, data, lambda seed, overrides: dataclasses.replace(config, seed=seed),
+                                    seeds=range(seeds), constraint=constraint, tolerance=tolerance, quiet=quiet,
+                                    out_dir=out_dir, on_run=on_run)

@@ -120,13 +120,29 @@ def probe_spec(spec, data, config, *, windows: int = 64) -> dict:
             "layers": [asdict(x) for x in rows]}
 
 
-def probe_run(run_dir: str | Path, data, *, windows: int = 64, batch_size: int = 16, device: str = "cpu") -> dict:
-    """Probe a run directory's latest checkpoint on `windows` validation windows of `data`;
-    the result is also written to RUN_DIR/probe.json."""
+def probe_run(run_dir: str | Path, data=None, *, tokenizer: str | None = None, windows: int = 64,
+              batch_size: int = 16, device: str = "cpu", suggest_dim: str | None = None,
+              strength: float = 1.0) -> dict:
+    """`autotaper probe`: probe a run directory's latest checkpoint on `windows` validation
+    windows of `data` (loaded data, or a path for `load_data`; None: the embedded corpus), in
+    the run's own tokenizer unless `tokenizer` says otherwise. The result is also written to
+    RUN_DIR/probe.json. `suggest_dim`: add the taper of that dimension whose ratios follow the
+    measured update norms (`suggest`), solved to the run's uniform budget."""
     from autotaper._io import atomic_write_text
     from autotaper.data.tokens import val_windows
     from autotaper.train.checkpoint import load_run
 
+    run = Path(run_dir)
+    if not (run / "spec.json").is_file():
+        raise InputError(f"probe: RUN_DIR {str(run)!r} has no spec.json (not an autotaper run directory)")
+    if data is None or isinstance(data, str):
+        from autotaper.data import load_data
+        from autotaper.spec import ModelSpec
+
+        summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+        tokenizer = tokenizer or (summary.get("corpus") or {}).get("tokenizer") or "bytes"
+        vocab = ModelSpec.load(run / "spec.json").vocab_size if tokenizer == "bpe" else None
+        data = load_data(data, tokenizer=tokenizer, vocab_size=vocab)
     spec, model, step = load_run(run_dir, command="probe")
     data.check(vocab_size=spec.vocab_size, context_length=spec.context_length)
     rows = probe(model, val_windows(data.val, n=windows, context_length=spec.context_length),
@@ -134,6 +150,12 @@ def probe_run(run_dir: str | Path, data, *, windows: int = 64, batch_size: int =
     result = {"run_dir": str(run_dir), "taper": spec.taper, "step": step, "corpus": data.name,
               "windows": windows, "tokens": windows * spec.context_length, "layers": [asdict(r) for r in rows]}
     atomic_write_text(Path(run_dir) / "probe.json", json.dumps(result, indent=1))
+    if suggest_dim is not None:
+        from autotaper.budget import solve_report
+
+        text = suggest(result, dim=suggest_dim, strength=strength)
+        sol = solve_report(spec.uniform(), text)  # checked: it solves to the run's uniform budget
+        result["suggestion"] = {"taper": text, "params": sol.cost.params, "baseline_params": sol.baseline_cost.params}
     return result
 
 

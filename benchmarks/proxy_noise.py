@@ -27,7 +27,7 @@ from autotaper.data.tokens import sample_batch, val_windows
 from autotaper.models import build_model
 from autotaper.spec import ModelSpec
 from autotaper.train import TrainConfig
-from autotaper.train.evaluate import evaluate
+from autotaper.train.evaluation import evaluate
 
 RECIPES = {  # name: TrainConfig overrides; the first is the reference (today's quickstart)
     "lr3e-3 cosine": {"lr": 3e-3, "schedule": "cosine"},

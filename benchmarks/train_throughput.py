@@ -29,7 +29,7 @@ from autotaper import ModelSpec, build_model, count, solve
 from autotaper.data import load_data, sample_batch
 from autotaper.train import TrainConfig, train
 from autotaper.train.compile import compile_blocks
-from autotaper.train.evaluate import autocast_context
+from autotaper.train.evaluation import autocast_context
 from autotaper.train.trainer import resolve_device, resolve_precision
 
 NOMINAL_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, FLOP/s

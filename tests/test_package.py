@@ -276,3 +276,58 @@ def test_studies_lists_and_deletes_the_studies_of_a_storage(tmp_path, monkeypatc
     capsys.readouterr()
     assert main(["studies", "--storage", url, "--json"]) == 0
     assert [s["study"] for s in json.loads(capsys.readouterr().out)] == ["a"]
+
+
+# Recipes in files: train, compare and probe take --space FILE (its proxy section).
+@pytest.fixture
+def recipe(tmp_path, monkeypatch):
+    import yaml
+
+    from tests.helpers import micro_space, write_corpus
+
+    corpus = str(write_corpus(tmp_path / "corpus"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOTAPER_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(micro_space(corpus, proxy={"lr": 2e-3, "steps": 3, "batch_size": 4})))
+    return corpus
+
+
+def test_train_with_a_space_trains_its_proxy_recipe_as_the_same_flags_would(recipe, capsys):
+    import json
+
+    from autotaper.cli import main
+
+    assert main(["train", "--space", "s.yaml", "--taper", "ffn:cosine:1.5:0.5", "--out", "a", "--json"]) == 0
+    by_space = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["train", "--preset", "tiny", "--taper", "ffn:cosine:1.5:0.5", "--steps", "3", "--batch-size", "4",
+                 "--lr", "2e-3", "--precision", "fp32", "--eval-every", "5", "--data", recipe, "--out", "b",
+                 "--json"]) == 0
+    by_flags = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    config = json.loads(open("a/config.json").read())
+    assert (config["lr"], config["batch_size"], config["steps"], config["precision"]) == (2e-3, 4, 3, "fp32")
+    assert by_space["val_loss"] == by_flags["val_loss"] and by_space["val_loss"] is not None
+    # a flag given wins over the space's recipe
+    assert main(["train", "--space", "s.yaml", "--lr", "1e-3", "--out", "c"]) == 0
+    assert json.loads(open("c/config.json").read())["lr"] == 1e-3
+
+
+def test_compare_and_probe_take_a_space(recipe, capsys):
+    import json
+
+    from autotaper.cli import main
+
+    assert main(["compare", "--space", "s.yaml", "--taper", "ffn:cosine:1.5:0.5", "--steps", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["parametrization"] == "sp" and len(out["deltas"]) == 2  # the space's 2 seeds
+    assert main(["train", "--space", "s.yaml", "--out", "run"]) == 0
+    capsys.readouterr()
+    assert main(["probe", "run", "--space", "s.yaml", "--windows", "2", "--json"]) == 0
+    probed = json.loads(capsys.readouterr().out)
+    assert probed["windows"] == 2 and probed["corpus"] == json.loads(open("run/summary.json").read())["corpus"]["corpus"] != "stdlib"
+
+
+def test_compare_needs_a_preset_or_a_space(capsys):
+    from autotaper.cli import main
+
+    assert main(["compare", "--taper", "ffn:cosine:1.5:0.5"]) == 2
+    assert "give --preset or --space" in capsys.readouterr().err

@@ -37,7 +37,7 @@ from autotaper.train.checkpoint import (
     save_checkpoint,
 )
 from autotaper.train.config import TrainConfig
-from autotaper.train.evaluate import autocast_context, evaluate
+from autotaper.train.evaluation import autocast_context, evaluate
 
 
 class Callback:
