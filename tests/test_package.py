@@ -331,3 +331,22 @@ def test_compare_needs_a_preset_or_a_space(capsys):
 
     assert main(["compare", "--taper", "ffn:cosine:1.5:0.5"]) == 2
     assert "give --preset or --space" in capsys.readouterr().err
+
+
+def test_a_submitted_search_takes_over_every_search_flag_given_but_the_local_ones():
+    from autotaper.cli import build_parser
+    from autotaper.cli.search import NOT_FORWARDED, _forwarded
+
+    given = ["--n-trials", "7", "--timeout", "30", "--study", "s", "--preset", "tiny", "--family", "gpt", "--steps", "5",
+             "--seeds", "2:4", "--param", "mup", "--depth-alpha", "0.5", "--budget", "10m", "--no-confirm",
+             "--sampler-seed", "3", "--cpus-per-trial", "2", "--gpus-per-trial", "0.5", "--max-concurrent", "4",
+             "--tune-storage", "t", "--strict-data", "--quiet", "--json"]
+    local = ["--space", "x.yaml", "--backend", "ray", "--submit", "http://h:8265", "--storage", "sqlite:///a.db",
+             "--workers", "2", "--data", "d", "--address", "auto", "--follow", "--no-install"]
+    args = build_parser().parse_args(["search", *local, *given])
+    job = build_parser().parse_args(["search", "--space", "x.yaml", *_forwarded(args)])  # the job's own parse
+    dests = {a.dest for a in args.parser._actions if a.option_strings} - NOT_FORWARDED
+    assert {d: getattr(job, d) for d in dests} == {d: getattr(args, d) for d in dests}
+    assert all(getattr(job, a.dest) == a.default for a in args.parser._actions  # nothing local went along
+               if a.dest in NOT_FORWARDED - {"space", "help"})
+    assert sorted(_forwarded(args)) == sorted(g.replace("10m", "600") for g in given)

@@ -24,29 +24,35 @@ from autotaper.errors import InputError
 
 # -- search / results -------------------------------------------------------------------
 # search options a submitted job's own `autotaper search` takes over as they were given
-_FORWARDED = (("study", "--study"), ("n_trials", "--n-trials"), ("timeout", "--timeout"),
-              ("cpus_per_trial", "--cpus-per-trial"), ("gpus_per_trial", "--gpus-per-trial"),
-              ("max_concurrent", "--max-concurrent"), ("tune_storage", "--tune-storage"), ("budget", "--budget"),
-              ("sampler_seed", "--sampler-seed"), ("preset", "--preset"), ("family", "--family"),
-              ("steps", "--steps"), ("seeds", "--seeds"), ("param", "--param"), ("depth_alpha", "--depth-alpha"))
+# search flags a submitted job's own `autotaper search` does not take over: the submission's
+# own, the head node's storage (passed apart), and what is local to this machine
+NOT_FORWARDED = frozenset({"space", "backend", "submit", "follow", "no_install", "address", "storage", "workers",
+                           "data", "help"})
 
 
-_FORWARDED_FLAGS = (("no_confirm", "--no-confirm"), ("strict_data", "--strict-data"), ("json", "--json"),
-                    ("quiet", "--quiet"))
+def _forwarded(args) -> list[str]:
+    """The search flags given on this command line, as the job's command line takes them."""
+    out = []
+    for action in args.parser._actions:
+        if not action.option_strings or action.dest in NOT_FORWARDED:
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None or value is False or value == action.default:
+            continue
+        if value is True:
+            out.append(action.option_strings[0])
+            continue
+        value = f"{value[0]}:{value[1]}" if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) \
+            else value
+        out += [action.option_strings[0], str(value)]
+    return out
 
 
 def _submit(args, space) -> int:
     """`search --submit`: the search as a Ray job that ships this package (autotaper.cluster)."""
     from autotaper.cluster import follow, submit_search
 
-    forwarded = []
-    for dest, flag in _FORWARDED:
-        value = getattr(args, dest)
-        if value is not None:
-            value = f"{value[0]}:{value[1]}" if dest == "seeds" else f"{value:g}" if isinstance(value, float) else value
-            forwarded += [flag, str(value)]
-    forwarded += [flag for dest, flag in _FORWARDED_FLAGS if getattr(args, dest)]
-    job = submit_search(args.submit, args.space, forwarded, storage=args.storage, data=space.proxy.data,
+    job = submit_search(args.submit, args.space, _forwarded(args), storage=args.storage, data=space.proxy.data,
                         install=not args.no_install, say=lambda line: print(line, file=sys.stderr))
     print(f"submitted job {job} to {args.submit}", file=sys.stderr)
     if not args.follow:
@@ -279,7 +285,7 @@ def add_commands(sub) -> None:
                      "(they already hold autotaper's dependencies)")
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     p.add_argument("--json", action="store_true", help="print the leaderboard as one JSON object")
-    p.set_defaults(func=cmd_search)
+    p.set_defaults(func=cmd_search, parser=p)
 
     p = sub.add_parser("calibrate", help="measure the noise floor of a space's proxy: SDs and minimum "
                        "detectable effect")

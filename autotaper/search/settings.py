@@ -12,6 +12,7 @@ from typing import Any
 
 from autotaper.errors import InputError
 from autotaper.search.samplers import PRUNERS, SAMPLERS
+from autotaper.train.config import TrainConfig
 
 OBJECTIVES = ("bpb", "tokens_per_s")
 
@@ -111,7 +112,7 @@ class Proxy:
     shape: dict | None = None  # the preset's shape fields overridden (d_model, n_layers, ...): a ladder's rungs
     steps: int = 150
     batch_size: int = 16
-    lr: float = 3e-3
+    lr: float = TrainConfig.lr
     seeds: int = 2  # seeds every candidate trains on (racing: seeds.min)
     seeds_max: int | None = None  # racing: candidates close to the incumbent get up to this many
     constraint: str = "params"
@@ -120,8 +121,8 @@ class Proxy:
     tokenizer: str = "bytes"
     vocab_size: int | None = None
     eval_every: int | None = None
-    precision: str = "auto"
-    schedule: str = "cosine"
+    precision: str = TrainConfig.precision
+    schedule: str = TrainConfig.schedule
     compile: bool = False  # torch.compile per block (`autotaper.train.compile`): for large proxies on a GPU
     strict_data: bool = False  # refuse a data folder holding non-text files instead of skipping them
     # sp, mup or completep (`autotaper.parametrization`): part of the study's identity
