@@ -21,6 +21,7 @@ import io
 from pathlib import Path
 
 from autotaper.paired import RUN_KEY
+from autotaper.search.records import BASELINE_KEY, PROBE_ATTR, TrialRecord
 
 TOP = 3
 SECTIONS = ("verdict", "leaderboard", "widths", "history", "importances", "curves")
@@ -77,7 +78,7 @@ def leaderboard_plot(board: dict) -> str:
 def widths_plot(rows: list[dict], study) -> str:
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     top = [r for r in rows if r["status"] == "complete" and r["taper"] != "uniform"][:TOP]
-    specs = [(r, (by_number[r["trial"]].user_attrs.get("spec") or {})) for r in top]
+    specs = [(r, TrialRecord.from_trial(by_number[r["trial"]]).spec or {}) for r in top]
     specs = [(r, s) for r, s in specs if s.get("layer_ffn")]
     if not specs:
         return "<p>No tapered candidate to draw.</p>"
@@ -108,7 +109,7 @@ def curves_plot(rows: list[dict], study) -> str:
         drawn = 0
         for seed in range(64):
             run = attrs.get(RUN_KEY.format(key=r["spec_key"], seed=seed))
-            base = attrs.get(f"baseline/seed{seed}")
+            base = attrs.get(BASELINE_KEY.format(seed=seed))
             if run is None or base is None:
                 continue
             steps = sorted((int(s) for s in run["curve"] if s in base["curve"]))
@@ -205,7 +206,7 @@ def build_report(storage: str | None, study_name: str, *, probe: dict | None = N
         ("importances", "Parameter importances (Optuna)", optuna_plot(study, "importances")),
         ("curves", f"Paired differences per seed during training, top {TOP}", curves_plot(rows, study)),
     ]
-    probe = probe if probe is not None else study.user_attrs.get("probe")  # search.suggest_from_probe
+    probe = probe if probe is not None else study.user_attrs.get(PROBE_ATTR)  # search.suggest_from_probe
     if probe is not None:
         parts.append(("probe", f"Residual-stream probe of {probe['run_dir']}", probe_plot(probe)))
     r = board.get("recipe") or {}

@@ -226,7 +226,7 @@ def test_api_objects_round_trip_through_json():
                      plan="plan", confirmation=conf.to_dict()),
         LadderResult({"ladder": "l", "rungs": [], "recommendation": {"taper": "uniform"}}, "runs/l/ladder.json",
                      "runs/l/ladder.html"),
-        TrialRecord(status="complete", taper="uniform", delta=0.0, ci95=None, seed_deltas=[0.0], extra={"x": 1}),
+        TrialRecord(status="complete", taper="uniform", delta=0.0, se=None, ci95=None, seed_deltas=[0.0], extra={"x": 1}),
     ]
     for obj in objects:
         text = json.dumps(obj.to_dict() if hasattr(obj, "to_dict") else obj.to_attrs())
@@ -235,11 +235,11 @@ def test_api_objects_round_trip_through_json():
 
 
 def test_a_trial_record_keeps_the_stored_format():
-    """ci95 is stored beside delta even when None (one seed); fields never set are not stored;
-    unknown keys survive a read and write."""
+    """se and ci95 are stored beside delta even when None (one seed), as `Outcome` always did;
+    fields never set are not stored; unknown keys survive a read and write."""
     from autotaper.search.records import TrialRecord
 
-    attrs = {"status": "complete", "delta": 0.1, "ci95": None, "seed_deltas": [0.1], "from_the_future": 3}
+    attrs = {"status": "complete", "delta": 0.1, "se": None, "ci95": None, "seed_deltas": [0.1], "from_the_future": 3}
     assert TrialRecord.from_attrs(attrs).to_attrs() == attrs
     assert TrialRecord(status="failed", reason="x").to_attrs() == {"status": "failed", "reason": "x"}
 

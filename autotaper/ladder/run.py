@@ -36,6 +36,7 @@ from autotaper.ladder.rungs import LadderConfig, Rung, check_scales, parse_ladde
 from autotaper.ladder.trend import best_per_rung, features, fit_trend, held_out
 from autotaper.log import sayer
 from autotaper.parametrization import describe as describe_param
+from autotaper.search.records import TrialRecord
 from autotaper.search.space import PAPER_DEFAULT, YamlSpace, parse_space, read_space_file
 from autotaper.search.storage import mask_url
 
@@ -141,8 +142,9 @@ def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: 
     probe = rival_shapes([d.dim for d in space.dims])
     for r in rungs:
         for t in pick(studies[r.name][0], config.top_k):
-            if t.user_attrs["taper"] not in probe and t.user_attrs["taper"] != UNIFORM:
-                probe.append(t.user_attrs["taper"])
+            taper = TrialRecord.from_trial(t).taper
+            if taper not in probe and taper != UNIFORM:
+                probe.append(taper)
     say(f"\n== probe set at every rung, {config.seeds} fresh seeds: uniform, {', '.join(probe)} ==")
     per_rung = []
     for r in rungs:

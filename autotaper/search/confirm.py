@@ -20,7 +20,8 @@ from typing import Any, Sequence
 from autotaper import stats
 from autotaper.errors import InputError
 from autotaper.log import sayer
-from autotaper.search.records import CONFIRMATION_ATTR, SPACE_ATTR, Confirmation
+from autotaper.search import records
+from autotaper.search.records import CONFIRMATION_ATTR, SPACE_ATTR, Confirmation, TrialRecord
 from autotaper.search.space import CONFIRM_SEED_BASE, PAPER_DEFAULT, BaseSpace, Confirm, Proxy
 
 
@@ -36,9 +37,12 @@ class StoredSpace(BaseSpace):
 
 
 def complete_trials(study) -> list:
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("status") == "complete" and t.user_attrs.get("delta") is not None
-            and not t.user_attrs.get("early_stopped")]
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        r = TrialRecord.from_trial(t)
+        if r.status == records.COMPLETE and r.delta is not None and not r.early_stopped:
+            out.append(t)
+    return out
 
 
 def pick(study, top_k: int, *, exclude: set[str] = frozenset()) -> list:
@@ -51,8 +55,12 @@ def pick(study, top_k: int, *, exclude: set[str] = frozenset()) -> list:
     done = complete_trials(study)
     # survivors of racing first (a raced-out trial was not better than the incumbent on its
     # seeds), each group by mean paired delta
-    for t in sorted(done, key=lambda t: (t.user_attrs.get("race") == "worse", t.user_attrs["delta"], t.number)):
-        key = t.user_attrs.get("spec_key")
+    def order(t):
+        r = TrialRecord.from_trial(t)
+        return r.race == "worse", r.delta, t.number
+
+    for t in sorted(done, key=order):
+        key = TrialRecord.from_trial(t).spec_key
         if key in seen:
             continue
         seen.add(key)
@@ -92,11 +100,11 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
         paper = None
     cands: list[dict] = []
     for t in pick(study, top_k, exclude={spec_key(paper)} if paper is not None else set()):
-        a = t.user_attrs
-        spec = ModelSpec.from_dict(a["spec"]) if a.get("spec") else solve(
-            ev.base, a["taper"], constraint=space.proxy.constraint, tolerance=space.proxy.tolerance)
-        cands.append({"trial": t.number, "taper": a["taper"], "spec": spec, "proxy_delta": a["delta"],
-                      "proxy_ci95": a.get("ci95"), "proxy_seeds": len(a.get("seed_deltas") or [])})
+        a = TrialRecord.from_trial(t)
+        spec = ModelSpec.from_dict(a.spec) if a.spec else solve(
+            ev.base, a.taper, constraint=space.proxy.constraint, tolerance=space.proxy.tolerance)
+        cands.append({"trial": t.number, "taper": a.taper, "spec": spec, "proxy_delta": a.delta,
+                      "proxy_ci95": a.ci95, "proxy_seeds": len(a.seed_deltas or [])})
     if paper is not None:
         cands.append(_candidate(study, paper))
     named, skipped = {c["taper"] for c in cands}, {}
@@ -198,11 +206,12 @@ def _candidate(study, spec) -> dict:
     it when a trial of the study measured the same spec."""
     from autotaper.paired import spec_key
 
+    key = spec_key(spec)
     trial = next((t for t in study.get_trials(deepcopy=False)
-                  if t.user_attrs.get("spec_key") == spec_key(spec) and t.user_attrs.get("delta") is not None), None)
-    a = trial.user_attrs if trial else {}
+                  if (r := TrialRecord.from_trial(t)).spec_key == key and r.delta is not None), None)
+    a = TrialRecord.from_trial(trial) if trial else TrialRecord()
     return {"trial": trial.number if trial else None, "taper": spec.taper, "spec": spec,
-            "proxy_delta": a.get("delta"), "proxy_ci95": a.get("ci95"), "proxy_seeds": len(a.get("seed_deltas") or [])}
+            "proxy_delta": a.delta, "proxy_ci95": a.ci95, "proxy_seeds": len(a.seed_deltas or [])}
 
 
 def verdict(conf: dict) -> dict:

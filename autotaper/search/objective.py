@@ -33,7 +33,8 @@ from typing import Any, Callable
 from autotaper.budget import solve_report
 from autotaper.cost import count
 from autotaper.paired import RUN_KEY, PairedEvaluator, metric_key, spec_key
-from autotaper.search import racing
+from autotaper.search import racing, records
+from autotaper.search.records import TrialRecord
 from autotaper.search.space import BaseSpace
 from autotaper.spec import ModelSpec
 from autotaper.stats import paired
@@ -77,7 +78,7 @@ def running_twin(trial, key: str, among: set[int] | None = None) -> int | None:
     from autotaper.search.storage import worker_gone
 
     twins = [t.number for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-             if t.number < trial.number and t.user_attrs.get("spec_key") == key
+             if t.number < trial.number and TrialRecord.from_trial(t).spec_key == key
              and (among is None or t.number in among) and not worker_gone(t)]
     return min(twins) if twins else None
 
@@ -188,22 +189,19 @@ class Outcome:
     reused: int = 0  # seeds whose run the study already held
     steps_unstored: int = 0  # steps of runs stopped by the pruner: trained, but never stored
 
+    def record(self, wall_time_s: float) -> TrialRecord:
+        s = paired(self.deltas) if self.deltas else None
+        return TrialRecord(status=self.status, seed_deltas=self.deltas, seed_values=self.values,
+                           train_time_s=self.train_time_s, train_wall_s=self.train_wall_s,
+                           steps_trained=self.steps_trained, steps_unstored=self.steps_unstored,
+                           wall_time_s=wall_time_s, seeds_reused=self.reused, race=self.race or None,
+                           reason=self.reason or None,
+                           tokens_per_s=sum(self.speeds) / len(self.speeds) if self.speeds else None,
+                           delta=s.mean if s else None, se=s.se if s else None,
+                           ci95=list(s.ci95) if s and s.ci95 else None)
+
     def attrs(self, wall_time_s: float) -> dict[str, Any]:
-        out = {"status": self.status, "seed_deltas": self.deltas, "seed_values": self.values,
-               "train_time_s": self.train_time_s,  # optimizer steps only
-               "train_wall_s": self.train_wall_s,  # inside train(): build, steps, evals
-               "steps_trained": self.steps_trained, "steps_unstored": self.steps_unstored,
-               "wall_time_s": wall_time_s, "seeds_reused": self.reused}
-        if self.race:
-            out["race"] = self.race
-        if self.reason:
-            out["reason"] = self.reason
-        if self.speeds:
-            out["tokens_per_s"] = sum(self.speeds) / len(self.speeds)
-        if self.deltas:
-            stats = paired(self.deltas)
-            out.update(delta=stats.mean, se=stats.se, ci95=list(stats.ci95) if stats.ci95 else None)
-        return out
+        return self.record(wall_time_s).to_attrs()
 
 
 class TaperObjective:
@@ -238,9 +236,7 @@ class TaperObjective:
                 spec, cost = sol.spec, sol.cost
                 finer = sol.finer
         except ValueError as e:
-            trial.set_user_attr("taper", str(cand.taper))
-            trial.set_user_attr("status", "infeasible")
-            trial.set_user_attr("reason", str(e))
+            records.write(trial, taper=str(cand.taper), status=records.INFEASIBLE, reason=str(e))
             trial.set_constraint("budget", 1.0)
             return Prepared(infeasible=str(e))
         rel_p = abs(cost.params - self.base_cost.params) / self.base_cost.params
@@ -259,13 +255,12 @@ class TaperObjective:
             attrs["train"] = cand.train
         if finer:
             attrs["multiples"] = sol.multiples
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
+        records.write(trial, **attrs)
         stored = trial.study.user_attrs
         known = {k: v for k, v in stored.items()
-                 if k.startswith("baseline/seed") or k.startswith(RUN_KEY.format(key=key, seed=""))}
+                 if k.startswith(records.BASELINE_PREFIX) or k.startswith(RUN_KEY.format(key=key, seed=""))}
         inc = racing.incumbent(t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number)
-        trial.set_user_attr("incumbent", inc["taper"] if inc["trial"] is None else inc["trial"])
+        records.write(trial, incumbent=inc["taper"] if inc["trial"] is None else inc["trial"])
         return Prepared(spec=spec, train=dict(cand.train), incumbent=inc, known=known)
 
     def run(self, prep: Prepared, report: Callable[[float, int], bool],
@@ -346,17 +341,15 @@ class TaperObjective:
         if is_journal(trial.study._storage):  # any worker fails trials whose worker vanished, on any host
             fail_expired_leases(trial.study)
         started = time.perf_counter()
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+        records.write(trial, host=socket.gethostname(), pid=os.getpid())
         try:
             prep = self.prepare(trial)
         except Exception as e:  # a candidate the space could not build: FAIL with the reason
-            trial.set_user_attr("status", "failed")
-            trial.set_user_attr("reason", one_line(e))
+            records.write(trial, status=records.FAILED, reason=one_line(e))
             raise
         if prep.infeasible:
             return self.value(INFEASIBLE_PENALTY, 0.0)
-        key = trial.user_attrs["spec_key"]
+        key = TrialRecord.from_trial(trial).spec_key
         if (other := running_twin(trial, key)) is not None:
             self._yield(trial, other)
 
@@ -368,11 +361,9 @@ class TaperObjective:
             with self._lease(trial):
                 out = self.run(prep, report, twin=lambda: running_twin(trial, key))
         except Exception as e:  # a bug or a fault in training: FAIL with the reason; the search goes on
-            trial.set_user_attr("status", "failed")
-            trial.set_user_attr("reason", one_line(e))
+            records.write(trial, status=records.FAILED, reason=one_line(e))
             raise
-        for k, v in out.attrs(time.perf_counter() - started).items():
-            trial.set_user_attr(k, v)
+        records.write(trial, **out.attrs(time.perf_counter() - started))
         if out.status == "duplicate":
             self._yield(trial, out.twin)
         self._yields = 0
@@ -386,8 +377,7 @@ class TaperObjective:
         """End `trial` as a duplicate of the running trial `other` (see DuplicateCandidate).
         Successive yields of one worker back off (0.2 s doubling to 5 s), so a worker whose
         space is exhausted waits for the running trials instead of spinning."""
-        trial.set_user_attr("status", "duplicate")
-        trial.set_user_attr("duplicate_of", other)
+        records.write(trial, status=records.DUPLICATE, duplicate_of=other)
         self._yields += 1
         time.sleep(min(5.0, 0.1 * 2 ** self._yields))
         raise DuplicateCandidate(f"trial {trial.number} proposed the spec trial {other} is evaluating")

@@ -73,6 +73,8 @@ class TrialRecord:
     backend: str | None = None  # "ray" for Ray Tune trials; absent (optuna) otherwise
     host: str | None = None
     pid: int | None = None
+    node: str | None = None  # Ray: the node id a trial trained on
+    lease: dict | None = None  # journal storages: the running trial's host, pid and last beat (`storage.Lease`)
     duplicate_of: int | None = None
     enqueued: str | None = None  # the reference taper a study enqueued
     new_runs: dict | None = None  # Ray: runs the trial trained that the study lacked
@@ -91,8 +93,8 @@ class TrialRecord:
     def to_attrs(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name != "extra" and getattr(self, f.name) is not None}
-        if self.delta is not None:
-            out["ci95"] = self.ci95
+        if self.delta is not None:  # stored beside delta even when None (one seed)
+            out["se"], out["ci95"] = self.se, self.ci95
         return {**self.extra, **out}
 
     @property
@@ -148,6 +150,14 @@ def write(trial, **values: Any) -> None:
         if key not in FIELDS:
             raise KeyError(f"{key!r} is not a TrialRecord field")
         trial.set_user_attr(key, value)
+
+
+def write_by_id(storage, trial_id: int, **values: Any) -> None:
+    """`write` through a storage, for a trial known by its id (another process's trial)."""
+    for key, value in values.items():
+        if key not in FIELDS:
+            raise KeyError(f"{key!r} is not a TrialRecord field")
+        storage.set_trial_user_attr(trial_id, key, value)
 
 
 def status_of(trial) -> str | None:

@@ -33,13 +33,15 @@ from pathlib import Path
 
 from autotaper.errors import InputError, StorageError
 from autotaper.log import logger
+from autotaper.search import records
+from autotaper.search.records import TrialRecord
 from autotaper.urls import SECRET_KEYS, escape_userinfo, mask_url, scrub, secrets_in, strip_password  # noqa: F401 - re-exported
 
 DEFAULT_ROOT = Path("runs/search")
 HEARTBEAT_S = 10
 GRACE_S = 60
 LEASE_S = float(os.environ.get("AUTOTAPER_LEASE_S", GRACE_S))  # journal trials: beat at least this often
-LEASE_ATTR = "lease"
+LEASE_ATTR = "lease"  # = TrialRecord.lease
 RETRY_S = float(os.environ.get("AUTOTAPER_STORAGE_RETRY_S", 600))  # how long a server outage is waited out
 _CREATE_RACE = ("already exists", "UniqueViolation", "duplicate key", "UNIQUE constraint failed", "database is locked")
 
@@ -301,9 +303,8 @@ def _alive(pid: int) -> bool:
 
 def worker_gone(trial) -> bool:
     """True when `trial` ran in a process of this host that no longer exists."""
-    pid = trial.user_attrs.get("pid")
-    return (trial.user_attrs.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid()
-            and not _alive(pid))
+    r = TrialRecord.from_trial(trial)
+    return r.host == socket.gethostname() and isinstance(r.pid, int) and r.pid != os.getpid() and not _alive(r.pid)
 
 
 def fail_dead_trials(study) -> list[int]:
@@ -317,11 +318,11 @@ def fail_dead_trials(study) -> list[int]:
     if is_journal(study._storage):
         failed += fail_expired_leases(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.user_attrs.get("pid")
+        pid = TrialRecord.from_trial(t).pid
         if worker_gone(t):
             storage = study._storage
-            storage.set_trial_user_attr(t._trial_id, "status", "failed")
-            storage.set_trial_user_attr(t._trial_id, "reason", f"worker process {pid} died (killed or crashed)")
+            records.write_by_id(storage, t._trial_id, status=records.FAILED,
+                                reason=f"worker process {pid} died (killed or crashed)")
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             failed.append(t.number)
     return failed
@@ -377,8 +378,7 @@ def fail_expired_leases(study, *, now: float | None = None) -> list[int]:
             continue
         storage = study._storage
         try:
-            storage.set_trial_user_attr(t._trial_id, "status", "failed")
-            storage.set_trial_user_attr(t._trial_id, "reason", (
+            records.write_by_id(storage, t._trial_id, status=records.FAILED, reason=(
                 f"lease expired: no beat from {lease.get('host')} pid {lease.get('pid')} for "
                 f"{now - lease['beat']:.0f} s (lease {lease.get('lease_s', LEASE_S):.0f} s)"))
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

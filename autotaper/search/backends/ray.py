@@ -44,6 +44,7 @@ from typing import Any
 
 from autotaper.cluster import check_versions, connect
 from autotaper.errors import InputError
+from autotaper.search import records
 from autotaper.search.backends._base import Backend
 from autotaper.search.objective import (
     INFEASIBLE_PENALTY,
@@ -53,7 +54,7 @@ from autotaper.search.objective import (
     one_line,
     running_twin,
 )
-from autotaper.search.records import EXPERIMENT_ATTR
+from autotaper.search.records import EXPERIMENT_ATTR, TrialRecord
 from autotaper.search.result import SearchResult
 from autotaper.search.space import BaseSpace
 from autotaper.search.study import check_failures, n_finished
@@ -80,11 +81,12 @@ def _trainable(config: dict, space: BaseSpace = None, cpus: float = 1.0, data=No
     steps_total = space.proxy.steps * space.proxy.max_seeds
     if config.get("duplicate_of") is not None:
         tune.report({METRIC: INFEASIBLE_PENALTY, "tokens_per_s": 0.0, "step": steps_total, "final": True,
-                     "attrs": {"status": "duplicate", "duplicate_of": config["duplicate_of"], **node}})
+                     "attrs": TrialRecord(status=records.DUPLICATE, duplicate_of=config["duplicate_of"],
+                                           **node).to_attrs()})
         return
     if config.get("infeasible"):
         tune.report({METRIC: INFEASIBLE_PENALTY, "tokens_per_s": 0.0, "step": steps_total, "final": True,
-                     "attrs": {"status": "infeasible", **node}})
+                     "attrs": TrialRecord(status=records.INFEASIBLE, **node).to_attrs()})
         return
     data = ray.get(data) if isinstance(data, ray.ObjectRef) else data if data is not None else space.proxy.load_data()
     store = MemoryStore(config.get("known"))
@@ -104,7 +106,8 @@ def _trainable(config: dict, space: BaseSpace = None, cpus: float = 1.0, data=No
         out = objective.run(prep, report)
     except Exception as e:  # noqa: BLE001 - a Python error repeats on a retry: FAIL now, with its reason
         tune.report({METRIC: INFEASIBLE_PENALTY, "tokens_per_s": 0.0, "step": steps_total, "final": True,
-                     "attrs": {**node, "status": "failed", "reason": one_line(e), NEW_RUNS: json.dumps(store.added)}})
+                     "attrs": {**TrialRecord(status=records.FAILED, reason=one_line(e), **node).to_attrs(),
+                               NEW_RUNS: json.dumps(store.added)}})
         return
     attrs = {**node, **out.attrs(time.perf_counter() - started),
              NEW_RUNS: json.dumps(store.added)}  # a string: Tune flattens nested dicts in results
@@ -134,15 +137,14 @@ def _study_search_class():
             for key, value in json.loads(attrs.pop(NEW_RUNS, None) or "{}").items():
                 if self._ot_study.user_attrs.get(key) is None:
                     self._ot_study.set_user_attr(key, value)
-            for key, value in attrs.items():
-                ot.set_user_attr(key, value)
+            records.write(ot, **attrs)
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             ot = self._ot_trials.get(trial_id)
             if ot is None or trial_id in self._completed_trials:
                 return
             self._record(ot, result)
-            ot.set_user_attr("early_stopped", not result.get("final", False))
+            records.write(ot, early_stopped=not result.get("final", False))
             self._last[trial_id] = result
             if not result.get("final"):
                 super().on_trial_result(trial_id, result)  # the intermediate value, for TPE
@@ -159,10 +161,9 @@ def _study_search_class():
                 # the last result may reach on_trial_complete without on_trial_result first
                 self._record(ot, result)
                 # a crashed trial was not stopped by the scheduler: no "stopped early" mark
-                ot.set_user_attr("early_stopped", not error and not result.get("final", False))
+                records.write(ot, early_stopped=not error and not result.get("final", False))
                 if error:
-                    ot.set_user_attr("status", "failed")
-                    ot.set_user_attr("reason", _error_reason(self._paths.get(trial_id)))
+                    records.write(ot, status=records.FAILED, reason=_error_reason(self._paths.get(trial_id)))
                     self._ot_study.tell(ot, state=optuna.trial.TrialState.FAIL)
                 elif status in ("failed", "duplicate"):
                     self._ot_study.tell(ot, state=optuna.trial.TrialState.FAIL)
@@ -170,9 +171,8 @@ def _study_search_class():
                     values = [result[m] for m in self.metric] if isinstance(self.metric, list) else result[self.metric]
                     self._ot_study.tell(ot, values)
                 else:  # stopped by ASHA/HyperBand: its value is not final
-                    ot.set_user_attr("status", "pruned")
-                    ot.set_user_attr("early_stopped", True)
-                    ot.set_user_attr("reason", "stopped early by the Tune scheduler")
+                    records.write(ot, status=records.PRUNED, early_stopped=True,
+                                  reason="stopped early by the Tune scheduler")
                     self._ot_study.tell(ot, state=optuna.trial.TrialState.PRUNED)
             except Exception as e:  # noqa: BLE001 - a finished trial must never stop the search
                 import logging
@@ -228,16 +228,15 @@ class _Define:
     def __call__(self, trial) -> dict[str, Any]:
         if self._objective is None:  # after unpickling on the driver (a restored experiment)
             self._objective = TaperObjective(self.space, self.space.proxy.load_data())
-        trial.set_user_attr("backend", "ray")
+        records.write(trial, backend="ray")
         prep = self._objective.prepare(trial)
         if prep.infeasible:
             return {"infeasible": True}
         # The driver prepares trials one at a time, so this check is exact: a spec that a running
         # trial is training is not trained twice (the trial ends FAIL, as a duplicate).
-        twin = running_twin(trial, trial.user_attrs["spec_key"], among=self.live() if self.live else None)
+        twin = running_twin(trial, TrialRecord.from_trial(trial).spec_key, among=self.live() if self.live else None)
         if twin is not None:
-            trial.set_user_attr("status", "duplicate")
-            trial.set_user_attr("duplicate_of", twin)
+            records.write(trial, status=records.DUPLICATE, duplicate_of=twin)
             return {"duplicate_of": twin}
         return {"spec": prep.spec.to_dict(), "train": prep.train, "incumbent": prep.incumbent, "known": prep.known}
 
