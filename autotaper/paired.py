@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, MutableMapping, Sequence
 
 from autotaper.errors import InputError, PairingError
 from autotaper.spec import ModelSpec
-from autotaper.stats import Paired, paired
+from autotaper.stats import Paired, paired_stats
 
 BASELINE_KEY = "baseline/seed{seed}"
 RECIPE_DEFAULTS = {"parametrization": "sp", "depth_alpha": 1.0, "base_d_model": None, "base_n_layers": None,
@@ -165,7 +165,7 @@ class Comparison:
 
     @property
     def stats(self) -> Paired:
-        return paired(self.deltas)
+        return paired_stats(self.deltas)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "taper": self.spec.taper, "seeds": [r.seed for r in self.runs],
@@ -209,7 +209,7 @@ class ParamComparison:
         """Paired statistics of (effect under a) - (effect under b) over the common seeds."""
         da = {r.seed: r.delta for r in self.by_param[a].runs}
         db = {r.seed: r.delta for r in self.by_param[b].runs}
-        return paired([da[s] - db[s] for s in da if s in db])
+        return paired_stats([da[s] - db[s] for s in da if s in db])
 
     def pairs(self) -> list[tuple[str, str]]:
         first = self.names[0]

@@ -55,7 +55,7 @@ def t_quantile(q: float, dof: int) -> float:
     return float(t.ppf(q, dof))
 
 
-def paired(differences: Sequence[float]) -> Paired:
+def paired_stats(differences: Sequence[float]) -> Paired:
     d = [float(x) for x in differences]
     n = len(d)
     if n == 0:

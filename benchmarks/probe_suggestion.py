@@ -36,7 +36,7 @@ def main() -> None:
     from autotaper.search import load_space
     from autotaper.search.objective import baseline_spec, train_config
     from autotaper.search.space import PAPER_DEFAULT
-    from autotaper.stats import paired
+    from autotaper.stats import paired_stats
     from autotaper.train import train
     from autotaper.train.checkpoint import load_run
 
@@ -61,10 +61,10 @@ def main() -> None:
     runs = ev.compare(specs, seeds)
     unit = "bpb"
     for name, comp in runs.items():
-        s = paired([r.delta for r in comp.runs])
+        s = paired_stats([r.delta for r in comp.runs])
         print(f"{name:<10} vs uniform: {s.mean:+.4f} {unit}, 95% CI [{s.ci95[0]:+.4f}, {s.ci95[1]:+.4f}] "
               f"over {len(comp.runs)} paired seeds  ({comp.spec.taper})")
-    diff = paired([a.value - b.value for a, b in zip(runs["suggestion"].runs, runs["paper"].runs)])
+    diff = paired_stats([a.value - b.value for a, b in zip(runs["suggestion"].runs, runs["paper"].runs)])
     verdict = ("beats" if diff.ci95[1] < 0 else "is worse than" if diff.ci95[0] > 0 else
                "is not distinguishable from")
     print(f"suggestion - paper: {diff.mean:+.4f} {unit}, 95% CI [{diff.ci95[0]:+.4f}, {diff.ci95[1]:+.4f}] over "

@@ -142,7 +142,7 @@ def save(record: dict, path: str) -> None:
 def analyse(record: dict) -> None:
     from autotaper.ladder.fidelity import fidelity
     from autotaper.ladder.trend import held_out
-    from autotaper.stats import paired
+    from autotaper.stats import paired_stats
 
     scales = [s["name"] for s in record["scales"]]
     deltas = {s: {} for s in scales}
@@ -158,7 +158,7 @@ def analyse(record: dict) -> None:
     for t in labels:
         cells = []
         for s in scales:
-            p = paired(deltas[s][t])
+            p = paired_stats(deltas[s][t])
             ci = f"[{p.ci95[0]:+.3f},{p.ci95[1]:+.3f}]" if p.ci95 else ""
             cells.append(f"{p.mean:+.4f} {ci}")
         print(f"{t:<26}" + "".join(f"{c:>24}" for c in cells))

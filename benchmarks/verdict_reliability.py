@@ -61,7 +61,7 @@ def confirmed(rng, effects, runs, decisions, *, top_k, seeds, sd):
     order = sorted(range(1, len(runs)), key=lambda j: (decisions[j] == racing.WORSE, means[j]))
     picked = order[:top_k] + [0]  # + the paper default
     fresh = {j: effects[j] + rng.normal(0.0, sd, seeds) for j in picked}
-    tests = {j: stats.paired(fresh[j]) for j in picked}
+    tests = {j: stats.paired_stats(fresh[j]) for j in picked}
     _, rejected = stats.holm([tests[j].p for j in picked])
     return [j for j, rej in zip(picked, rejected) if rej and tests[j].mean < 0]
 
@@ -69,7 +69,7 @@ def confirmed(rng, effects, runs, decisions, *, top_k, seeds, sd):
 def old_rule(rng, effects, *, seeds, sd):
     beating = []
     for j, e in enumerate(effects):
-        s = stats.paired(e + rng.normal(0.0, sd, seeds))
+        s = stats.paired_stats(e + rng.normal(0.0, sd, seeds))
         if s.ci95[1] < 0:
             beating.append((s.mean, j))
     return [min(beating)[1]] if beating else []

@@ -39,7 +39,7 @@ def assert_raced(study, n_min: int, n_max: int) -> int:
     given while its comparison with the incumbent was still open (mean below it, 95% interval
     reaching it). Returns how many seeds racing added."""
     from autotaper.search import racing
-    from autotaper.stats import paired
+    from autotaper.stats import paired_stats
 
     baselines = {int(k.rsplit("seed", 1)[1]): v["value"] for k, v in study.user_attrs.items()
                  if k.startswith("baseline/seed")}
@@ -54,7 +54,7 @@ def assert_raced(study, n_min: int, n_max: int) -> int:
         inc = by_number.get(a["incumbent"]) if isinstance(a["incumbent"], int) else None
         inc_values = inc.user_attrs["seed_values"] if inc else None
         for k in range(n_min, len(values)):
-            s = paired(racing.differences(values[:k], [baselines[i] for i in range(k)], inc_values))
+            s = paired_stats(racing.differences(values[:k], [baselines[i] for i in range(k)], inc_values))
             assert s.mean < 0 and s.ci95[0] <= 0 <= s.ci95[1], (t.number, k)
             added += 1
     return added

@@ -14,7 +14,7 @@ import yaml
 
 from autotaper.search import FunctionSpace, Proxy, Settings, leaderboard, load_space, parse_space, run_search
 from autotaper.search.storage import open_storage
-from autotaper.stats import paired
+from autotaper.stats import paired_stats
 from tests.helpers import assert_t_interval, micro_space, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -319,7 +319,7 @@ def test_paper_grid_is_the_papers_fifteen_points():
 
 def test_paired_statistics_against_hand_computed_values():
     d = [0.010, -0.020, 0.005]
-    s = paired(d)
+    s = paired_stats(d)
     mean = -0.005 / 3
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 2)
     assert s.mean == pytest.approx(mean) and s.sd == pytest.approx(sd)
@@ -327,22 +327,24 @@ def test_paired_statistics_against_hand_computed_values():
     half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, 2 dof), from tables
     assert s.ci95 == pytest.approx((mean - half, mean + half))
     assert not s.significant
-    assert paired([-0.01, -0.012, -0.011, -0.0105]).significant
-    one = paired([0.3])
+    assert paired_stats([-0.01, -0.012, -0.011, -0.0105]).significant
+    one = paired_stats([0.3])
     assert one.ci95 is None and one.se is None
 
 
 def test_verdict_picks_a_taper_whose_interval_excludes_zero():
-    from autotaper.search.results import verdict
+    from autotaper.search.results import search_verdict
 
     row = lambda n, d, ci: {"trial": n, "taper": f"t{n}", "delta_bpb": d, "ci95": ci, "seeds": 3,  # noqa: E731
                             "status": "complete", "early_stopped": False}
     rows = [row(1, -0.11, [-0.25, 0.02]), row(2, -0.085, [-0.156, -0.015]), row(3, 0.01, [-0.02, 0.04])]
-    v = verdict(rows)
+    v = search_verdict(rows)
     assert v["beats_uniform"] and v["best"] == 2 and "t1" in v["text"]
-    v = verdict([rows[0], rows[2]])
+    v = search_verdict([rows[0], rows[2]])
     assert not v["beats_uniform"] and v["best"] == 1 and "no taper beats uniform" in v["text"]
-    assert verdict([])["best"] is None
+    assert search_verdict([])["best"] is None
+    # on pre-tokenised data the deltas are in loss, and the verdict says so
+    assert "-0.0850 loss" in search_verdict(rows, unit="loss")["text"] and "bpb" not in search_verdict(rows, unit="loss")["text"]
 
 
 def test_a_proposal_yields_to_a_running_trial_of_the_same_spec():

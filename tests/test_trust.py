@@ -22,7 +22,8 @@ from autotaper.search import objective as objective_module
 from autotaper.search import parse_space, racing, run_search
 from autotaper.search.calibrate import calibrate
 from autotaper.search.confirm import confirm
-from autotaper.search.results import leaderboard, verdict
+from autotaper.search.results import leaderboard
+from autotaper.search.results import search_verdict
 from autotaper.search.space import CONFIRM_SEED_BASE
 from tests.helpers import assert_raced, micro_space, write_corpus
 
@@ -41,8 +42,8 @@ def _cache(tmp_path, monkeypatch):
 # -- statistics ---------------------------------------------------------------------------
 def test_paired_p_value_matches_scipys_one_sample_t_test():
     d = [-0.03, 0.01, -0.02, -0.015, 0.004]
-    assert stats.paired(d).p == pytest.approx(sps.ttest_1samp(d, 0.0).pvalue, rel=1e-9)
-    assert stats.paired([0.0, 0.0]).p == 1.0 and stats.paired([0.1, 0.1]).p == 0.0
+    assert stats.paired_stats(d).p == pytest.approx(sps.ttest_1samp(d, 0.0).pvalue, rel=1e-9)
+    assert stats.paired_stats([0.0, 0.0]).p == 1.0 and stats.paired_stats([0.1, 0.1]).p == 0.0
 
 
 def test_mde_has_the_stated_power_in_a_monte_carlo_of_the_t_test():
@@ -185,7 +186,7 @@ def test_a_search_whose_candidates_have_no_effect_never_ends_with_beats_uniform(
         assert board["verdict"]["confirmed"] and not board["verdict"]["beats_uniform"], board["verdict"]["text"]
         assert "no taper beats uniform" in board["verdict"]["text"]
         best = min(r["delta_bpb"] for r in board["trials"] if r["status"] == "complete")
-        assert best < 0 and verdict(board["trials"])["taper"] != "uniform"
+        assert best < 0 and search_verdict(board["trials"])["taper"] != "uniform"
 
 
 def test_a_real_effect_twice_the_mde_is_confirmed(corpus, scripted):

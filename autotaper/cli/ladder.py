@@ -53,7 +53,9 @@ def add_commands(sub) -> None:
     p.add_argument("--budget", type=_duration, help="each rung's search: 600, 10m, 1.5h (default: ladder.budget)")
     p.add_argument("--n-trials", type=_bounded(int, 1, 1_000_000), help="each rung's trials (default: ladder.n_trials, else the "
                    "space's)")
-    p.add_argument("--seeds", type=_bounded(int, 2, 1000), help="fresh paired seeds of the probe set (default ladder.probe.seeds)")
+    p.add_argument("--fresh-seeds", "--seeds", dest="seeds", type=_bounded(int, 2, 1000),
+                   help="fresh seeds the probe set is confirmed on (default ladder.probe.seeds; --seeds: the "
+                        "former name)")
     p.add_argument("--top-k", type=_bounded(int, 0, 1000), help="each rung's best tapers added to the probe set "
                    "(default ladder.probe.top_k)")
     p.add_argument("--out", help="directory for ladder.json and the target spec (default runs/ladder/PREFIX)")

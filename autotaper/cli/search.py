@@ -312,7 +312,8 @@ def add_commands(sub) -> None:
     p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")
     p.add_argument("--top-k", type=_bounded(int, 0, 1000), default=3, help="tapers to confirm besides the paper default "
                    "(default 3)")
-    p.add_argument("--seeds", type=_bounded(int, 2, 1000), default=3, help="fresh paired seeds (default 3, at least 2)")
+    p.add_argument("--fresh-seeds", "--seeds", dest="seeds", type=_bounded(int, 2, 1000), default=3,
+                   help="fresh seeds to confirm on, at least 2 (--seeds: the former name)")
     p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="train every confirmation run this long (default: the "
                    "search's steps): decide nearer the target's regime")
     p.add_argument("--tokens-per-param", type=_bounded(float, 0, 1e6, low_open=True), help="or this many tokens per uniform parameter")

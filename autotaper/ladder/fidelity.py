@@ -83,9 +83,9 @@ def rank_correlations(x: Sequence[float], y: Sequence[float]) -> tuple[float | N
 
 
 def _ci95(deltas: Sequence[float]) -> tuple[float, float] | None:
-    from autotaper.stats import paired
+    from autotaper.stats import paired_stats
 
-    return paired(deltas).ci95 if len(deltas) >= 2 else None
+    return paired_stats(deltas).ci95 if len(deltas) >= 2 else None
 
 
 def fidelity(a: str, deltas_a: Mapping[str, Sequence[float]], b: str, deltas_b: Mapping[str, Sequence[float]], *,

@@ -139,20 +139,20 @@ def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: 
         studies[r.name] = (study, url)
 
     # 3. the shared probe set on fresh seeds at every rung
-    probe = rival_shapes([d.dim for d in space.dims])
+    probe_set = rival_shapes([d.dim for d in space.dims])
     for r in rungs:
         for t in pick(studies[r.name][0], config.top_k):
             taper = TrialRecord.from_trial(t).taper
-            if taper not in probe and taper != UNIFORM:
-                probe.append(taper)
-    say(f"\n== probe set at every rung, {config.seeds} fresh seeds: uniform, {', '.join(probe)} ==")
+            if taper not in probe_set and taper != UNIFORM:
+                probe_set.append(taper)
+    say(f"\n== probe set at every rung, {config.seeds} fresh seeds: uniform, {', '.join(probe_set)} ==")
     per_rung = []
     for r in rungs:
         study, url = studies[r.name]
         conf = confirm_study(study, _rung_space(space, r), data, top_k=0, seeds=config.seeds, quiet=quiet,
-                             extra=probe, tokens_per_param=config.probe_tokens_per_param)
+                             extra=probe_set, tokens_per_param=config.probe_tokens_per_param)
         say(f"{r.name}: {conf['text']}")
-        per_rung.append(_rung_report(r, study, url, conf, probe))
+        per_rung.append(_rung_report(r, study, url, conf, probe_set))
 
     # 4. fidelity between adjacent rungs
     fid = [fidelity(a["name"], a["deltas"], b["name"], b["deltas"]) for a, b in zip(per_rung, per_rung[1:])]
@@ -161,11 +161,11 @@ def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: 
     target_point = {"name": target_name, "params": target_cost.params, "n_layers": target_spec.n_layers,
                     "tokens_per_param": config.target_tokens_per_param}
     dims = [d.dim for d in space.dims] or ["ffn"]
-    trend = _trend(per_rung, probe, dims, target_point)
+    trend = _trend(per_rung, probe_set, dims, target_point)
     report = {"ladder": prefix, "space": space.name, "metric": metric_key(data), "corpus": data.name,
-              "target": {**target_point, "spec": target_spec.to_dict()}, "probe_set": [UNIFORM] + probe,
+              "target": {**target_point, "spec": target_spec.to_dict()}, "probe_set": [UNIFORM] + probe_set,
               "rungs": per_rung, "fidelity": [f.to_dict() for f in fid], "trend": trend,
-              "held_out": _held_out(per_rung, probe, dims[0])}
+              "held_out": _held_out(per_rung, probe_set, dims[0])}
     report["recommendation"] = _hand_off(space, config, rungs, trend, target_spec, target_name, out_dir)
     report["elapsed_s"] = time.time() - started
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -216,10 +216,10 @@ def _rung_line(r: Rung) -> str:
             f"lr {r.proxy.lr:g} ({r.lr_note}){role}")
 
 
-def _rung_report(r: Rung, study, url: str, conf: dict, probe: list[str]) -> dict[str, Any]:
+def _rung_report(r: Rung, study, url: str, conf: dict, probe_set: list[str]) -> dict[str, Any]:
     by_name = {c["taper"]: c for c in conf["candidates"]}
     probe_out, deltas = {}, {}
-    for label in probe:
+    for label in probe_set:
         c = by_name.get(label)
         if label in conf.get("skipped", {}):  # no solution at this rung's budget: not measured here
             probe_out[label] = {"infeasible": conf["skipped"][label]}
@@ -241,13 +241,13 @@ def _point(rung: dict) -> dict:
     return {k: rung[k] for k in ("name", "params", "n_layers", "tokens_per_param")} | {"deltas": rung["deltas"]}
 
 
-def _trend(per_rung: list[dict], probe: list[str], dims: list[str], target: dict) -> dict[str, Any]:
+def _trend(per_rung: list[dict], probe_set: list[str], dims: list[str], target: dict) -> dict[str, Any]:
     points = [_point(r) for r in per_rung]
     tfeat = features(target)
     out: dict[str, Any] = {}
     quantities = []
     for dim in dims:
-        values = {label: _knob_values(label, dim) for label in [UNIFORM] + probe}
+        values = {label: _knob_values(label, dim) for label in [UNIFORM] + probe_set}
         for knob in ("strength", "asymmetry"):
             quantities.append((f"{dim}.{knob}", {k: v[knob] for k, v in values.items()}, "knob", "knob_se"))
     first_knob = quantities[0][1]
@@ -283,8 +283,8 @@ def _trend_text(name: str, fit, trend: tuple, const: tuple) -> str:
             f"{trend[0]:+.3f} [{trend[1]:+.3f}, {trend[2]:+.3f}]")
 
 
-def _held_out(per_rung: list[dict], probe: list[str], dim: str) -> dict[str, Any]:
-    knob = {label: _knob_values(label, dim)["strength"] for label in [UNIFORM] + probe}
+def _held_out(per_rung: list[dict], probe_set: list[str], dim: str) -> dict[str, Any]:
+    knob = {label: _knob_values(label, dim)["strength"] for label in [UNIFORM] + probe_set}
     return held_out([_point(r) for r in per_rung], knob)
 
 

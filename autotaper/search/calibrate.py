@@ -189,7 +189,7 @@ def lr_sweep(ev, seeds: Sequence[int], lrs: Sequence[float], proxy_lr: float) ->
         if not values:
             rows.append({"lr": lr, "mean": float("nan"), "delta": float("nan"), "ci95": None, "diverged": True})
             continue
-        s = stats.paired(deltas)
+        s = stats.paired_stats(deltas)
         rows.append({"lr": lr, "mean": sum(values) / len(values), "delta": s.mean,
                      "ci95": list(s.ci95) if s.ci95 and lr != proxy_lr else None})
     finite = [r for r in rows if not r.get("diverged")]

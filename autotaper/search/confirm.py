@@ -149,7 +149,7 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int =
         winners = [c for c in cands if c["beats_uniform"]]
         chosen = min(winners or cands, key=lambda c: c["mean"])
         out["decomposition"] = decompose_effect(ev, specs[chosen["taper"]], chosen, fresh, say)
-    out.update(verdict(out))
+    out.update(confirmed_verdict(out))
     study.set_user_attr(CONFIRMATION_ATTR, out)
     return out
 
@@ -184,7 +184,7 @@ def decompose_effect(ev, spec, cand: dict, seeds: list[int], say) -> dict:
     by = {mine: cand["deltas"], other: deltas}
     width_aware = by[other if mine == "sp" else mine]  # completep at its own depth is mup
     lr_part = [a - b for a, b in zip(by["sp"], width_aware)]
-    cap, lr = stats.paired(width_aware), stats.paired(lr_part)
+    cap, lr = stats.paired_stats(width_aware), stats.paired_stats(lr_part)
     return {"taper": cand["taper"], "other": other, "deltas": {k: list(v) for k, v in by.items()},
             "capacity": cap.to_dict(), "per_layer_lr": lr.to_dict()}
 
@@ -214,7 +214,7 @@ def _candidate(study, spec) -> dict:
             "proxy_delta": a.delta, "proxy_ci95": a.ci95, "proxy_seeds": len(a.seed_deltas or [])}
 
 
-def verdict(conf: dict) -> dict:
+def confirmed_verdict(conf: dict) -> dict:
     """The confirmed verdict's text and winner from a confirmation (see the module doc)."""
     cands, n, m, mde = conf["candidates"], len(conf["seeds"]), conf["m"], conf["mde"]
     mde_text = "n/a" if mde is None else f"{mde:.4f}"

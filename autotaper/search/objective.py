@@ -37,7 +37,7 @@ from autotaper.search import racing, records
 from autotaper.search.records import TrialRecord
 from autotaper.search.space import BaseSpace
 from autotaper.spec import ModelSpec
-from autotaper.stats import paired
+from autotaper.stats import paired_stats
 
 INFEASIBLE_PENALTY = 1.0  # bits per byte: worse than any real taper, so samplers steer away
 
@@ -190,7 +190,7 @@ class Outcome:
     steps_unstored: int = 0  # steps of runs stopped by the pruner: trained, but never stored
 
     def record(self, wall_time_s: float) -> TrialRecord:
-        s = paired(self.deltas) if self.deltas else None
+        s = paired_stats(self.deltas) if self.deltas else None
         return TrialRecord(status=self.status, seed_deltas=self.deltas, seed_values=self.values,
                            train_time_s=self.train_time_s, train_wall_s=self.train_wall_s,
                            steps_trained=self.steps_trained, steps_unstored=self.steps_unstored,

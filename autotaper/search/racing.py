@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from autotaper.stats import paired
+from autotaper.stats import paired_stats
 
 CONTINUE, WORSE, BETTER, MAX_SEEDS = "continue", "worse", "better", "max_seeds"
 
@@ -49,7 +49,7 @@ def decide(diffs: Sequence[float], n_done: int, *, n_min: int, n_max: int) -> st
     if n_done < n_min:
         return CONTINUE
     if diffs:
-        stats = paired(diffs)
+        stats = paired_stats(diffs)
         if stats.mean >= 0:
             return WORSE
         if stats.ci95 is not None and stats.ci95[1] < 0:

@@ -99,8 +99,9 @@ def _once_per_spec(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if id(r) not in drop]
 
 
-def verdict(rows: list[dict[str, Any]], *, mde: float | None = None) -> dict[str, Any]:
-    """The search-stage verdict (unconfirmed); `mde` is the noise floor's at the search's seeds."""
+def search_verdict(rows: list[dict[str, Any]], *, mde: float | None = None, unit: str = "bpb") -> dict[str, Any]:
+    """The search-stage verdict (unconfirmed); `mde` is the noise floor's at the search's seeds;
+    `unit` the metric's (bpb, or loss on pre-tokenised data)."""
     done = [r for r in rows if r["status"] == "complete" and r["delta_bpb"] is not None and not r["early_stopped"]]
     if not done:
         return {"best": None, "beats_uniform": False, "text": "no complete trial yet"}
@@ -110,16 +111,16 @@ def verdict(rows: list[dict[str, Any]], *, mde: float | None = None) -> dict[str
     best = min(beating or done, key=lambda r: r["delta_bpb"])
     ci = best["ci95"]
     if ci is None:
-        text = (f"best {best['taper']} at {best['delta_bpb']:+.4f} bpb from one seed: no interval, "
+        text = (f"best {best['taper']} at {best['delta_bpb']:+.4f} {unit} from one seed: no interval, "
                 f"no verdict (use 2 or more seeds)")
         beats = False
     elif ci[1] < 0:
-        text = (f"{best['taper']} beats uniform beyond seed noise: {best['delta_bpb']:+.4f} bpb, 95% CI "
+        text = (f"{best['taper']} beats uniform beyond seed noise: {best['delta_bpb']:+.4f} {unit}, 95% CI "
                 f"[{ci[0]:+.4f}, {ci[1]:+.4f}] over {best['seeds']} paired seeds")
         beats = True
     else:
         text = (f"no taper beats uniform beyond seed noise: the best, {best['taper']}, is {best['delta_bpb']:+.4f} "
-                f"bpb with 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}] over {best['seeds']} paired seeds")
+                f"{unit} with 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}] over {best['seeds']} paired seeds")
         beats = False
     if mde is not None and abs(best["delta_bpb"]) < mde:
         text += f"; its effect is below the minimum detectable effect ({mde:.4f})"
@@ -129,6 +130,13 @@ def verdict(rows: list[dict[str, Any]], *, mde: float | None = None) -> dict[str
     if beating and lowest is not best:
         text += f"; the lowest mean, {lowest['taper']} at {lowest['delta_bpb']:+.4f}, has an interval reaching 0"
     return {"best": best["trial"], "taper": best["taper"], "beats_uniform": beats, "text": text, "confirmed": False}
+
+
+def _unit(study) -> str:
+    """The unit of a study's deltas: bpb, or loss on pre-tokenised data (the reference's metric)."""
+    metric = next((r.metric for t in study.get_trials(deepcopy=False)
+                   if (r := TrialRecord.from_trial(t)).status == records.REFERENCE and r.metric), "val_bpb")
+    return "bpb" if metric == "val_bpb" else "loss"
 
 
 def leaderboard(storage: str | None, study_name: str) -> dict[str, Any]:
@@ -154,7 +162,7 @@ def leaderboard(storage: str | None, study_name: str) -> dict[str, Any]:
         final = {"best": None, "taper": conf["winner"], "beats_uniform": conf["beats_uniform"], "text": text,
                  "confirmed": True, "stale": grown > 0}
     else:
-        final = verdict(rows, mde=noise["mde_search"] if noise else None)
+        final = search_verdict(rows, mde=noise["mde_search"] if noise else None, unit=_unit(study))
     duplicates = sum(1 for t in study.get_trials(deepcopy=False) if records.status_of(t) == records.DUPLICATE)
     recipe = {k: proxy.get(k) for k in ("preset", "steps", "batch_size", "lr", "parametrization", "depth_alpha")}
     recipe["parametrization"] = recipe["parametrization"] or "sp"  # a study from before the field
