@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from autotaper.cost import Cost, count
+from autotaper.cost import Cost, count, head_flops, layer_flops
 from autotaper.errors import InputError
 from autotaper.families import get_family
 from autotaper.spec import ModelSpec
@@ -117,9 +117,7 @@ class _Problem:
         layer_p = fam.layer_params(d, h, kv, b.head_dim, f).sum()
         stream = fam.stream_params(_Stream(b, ds))
         params = float(layer_p + sum(stream.values()))
-        T = b.context_length
-        flops = float((2.0 * fam.layer_matmul_params(d, h, kv, b.head_dim, f)
-                       + 4.0 * h * b.head_dim * (T + 1) / 2.0).sum() + 2.0 * b.vocab_size * ds)
+        flops = float(layer_flops(fam, d, h, kv, b.head_dim, f, b.context_length).sum() + head_flops(b.vocab_size, ds))
         return params, flops
 
     def error(self, params, flops):

@@ -54,6 +54,19 @@ def _widths(spec: ModelSpec):
     return d, h, kv, spec.head_dim, f
 
 
+def layer_flops(family, d, h, kv, head_dim, f, context_length: int) -> np.ndarray:
+    """Forward FLOPs per token of each layer (arrays of widths, integer or not, as the solver
+    uses them): 2 per matmul weight, plus attention's 4 h hd per key over a causal context's
+    (T + 1) / 2 keys on average."""
+    matmul = np.asarray(family.layer_matmul_params(d, h, kv, head_dim, f), dtype=np.float64)
+    return 2.0 * matmul + 4.0 * h * head_dim * (context_length + 1) / 2.0
+
+
+def head_flops(vocab_size: int, d_stream: float) -> float:
+    """Forward FLOPs per token of the output head."""
+    return 2.0 * vocab_size * d_stream
+
+
 def count(spec: ModelSpec) -> Cost:
     """Parameters and forward FLOPs per token of `spec` (see the module docstring)."""
     family = get_family(spec.family)
@@ -63,12 +76,11 @@ def count(spec: ModelSpec) -> Cost:
     params = int(layer_params.sum()) + int(sum(stream.values()))
     non_embedding = params - stream["embedding"] - stream["positions"] - stream["head"]
     T = spec.context_length
+    per_layer = layer_flops(family, d, h, kv, hd, f, T)
+    head = head_flops(spec.vocab_size, spec.d_stream)
+    flops = float(per_layer.sum() + head)
     matmul = np.asarray(family.layer_matmul_params(d, h, kv, hd, f), dtype=np.float64)
-    attn_per_key = 4.0 * h * hd
-    layer_flops = 2.0 * matmul + attn_per_key * (T + 1) / 2.0
-    head_flops = 2.0 * spec.vocab_size * spec.d_stream
-    flops = float(layer_flops.sum() + head_flops)
-    dense = float((2.0 * matmul + attn_per_key * T).sum() + head_flops)
+    dense = float((2.0 * matmul + 4.0 * h * hd * T).sum() + head)  # every key: a kernel that skips none
     return Cost(params=params, params_non_embedding=int(non_embedding), flops_per_token=flops,
                 flops_per_token_dense=dense, layer_params=tuple(int(p) for p in layer_params),
-                layer_flops_per_token=tuple(float(x) for x in layer_flops))
+                layer_flops_per_token=tuple(float(x) for x in per_layer))

@@ -24,7 +24,6 @@ from autotaper.paired import RUN_KEY
 from autotaper.search.records import BASELINE_KEY, PROBE_ATTR, TrialRecord
 
 TOP = 3
-SECTIONS = ("verdict", "leaderboard", "widths", "history", "importances", "curves")
 
 
 def _svg(fig) -> str:

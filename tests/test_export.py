@@ -112,7 +112,7 @@ def test_export_cli_refuses_bad_input_and_keeps_what_exists(tmp_path, corpus):
     out = tmp_path / "hf"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    proc = run_cli("export", str(run), "--format", "hf", str(out))
+    proc = run_cli("export", str(run), str(out))
     assert proc.returncode == 2 and "is not empty" in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert (out / "mine.txt").read_text() == "keep me"
     proc = run_cli("export", str(run), str(run), "--overwrite")

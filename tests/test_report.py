@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
-from autotaper.report import SECTIONS, build_report
+from autotaper.report import build_report
 from autotaper.search import parse_space, run_search
 from tests.helpers import micro_space, write_corpus
+
+SECTIONS = ("verdict", "leaderboard", "widths", "history", "importances", "curves")  # what a report shows
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,7 @@ from autotaper.search import objective as objective_module
 from autotaper.search import parse_space, racing, run_search
 from autotaper.search.calibrate import calibrate
 from autotaper.search.confirm import confirm
-from autotaper.search.results import leaderboard
-from autotaper.search.results import search_verdict
+from autotaper.search.results import leaderboard, search_verdict
 from autotaper.search.space import CONFIRM_SEED_BASE
 from tests.helpers import assert_raced, micro_space, write_corpus
 

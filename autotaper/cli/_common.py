@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 
 from autotaper.errors import InputError
@@ -44,21 +45,12 @@ def _article(kind) -> str:
 
 
 def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {_article(kind)} {kind.__name__}, got {text!r}") from None
-        if not 0 < value < float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-        return value
-    return parse
+    """An argparse type: a finite `kind` > 0."""
+    return _bounded(kind, 0, math.inf, low_open=True)
 
 
 def _bounded(kind, low, high, *, low_open: bool = False):
     """An argparse type: a finite `kind` in [low, high] ((low, high] with `low_open`)."""
-    import math
-
     def parse(text):
         try:
             value = kind(text)
@@ -66,6 +58,9 @@ def _bounded(kind, low, high, *, low_open: bool = False):
             raise argparse.ArgumentTypeError(f"must be {_article(kind)} {kind.__name__}, got {text!r}") from None
         if not math.isfinite(value) or not (low < value if low_open else low <= value) or value > high:
             show = (lambda v: f"{v:,}") if kind is int else (lambda v: f"{v:g}")
+            if high == math.inf:
+                raise argparse.ArgumentTypeError(f"must be a finite number {'>' if low_open else '>='} {show(low)}, "
+                                                 f"got {text!r}")
             raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{show(low)}, {show(high)}], "
                                              f"got {text!r}")
         return value
@@ -99,15 +94,8 @@ def _floats(text: str) -> list[float]:
 
 
 def _nonnegative(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {_article(kind)} {kind.__name__}, got {text!r}") from None
-        if not 0 <= value < float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-        return value
-    return parse
+    """An argparse type: a finite `kind` >= 0."""
+    return _bounded(kind, 0, math.inf)
 
 
 def _seeds(text: str) -> tuple[int, int]:

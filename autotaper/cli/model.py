@@ -147,7 +147,7 @@ def cmd_train(args) -> int:
           + (f"  compile {result.compile_s:.1f} s (first step)" if getattr(result, "compile_s", None) else "")
           + f"  run dir {out}", file=sys.stderr)
     if result.status != "diverged" and not args.ray_workers:
-        print(f"export it: autotaper export {out} --format hf {out}/hf", file=sys.stderr)
+        print(f"export it: autotaper export {out} {out}/hf", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     return 0 if result.status != "diverged" else 1
@@ -274,7 +274,6 @@ def add_commands(sub) -> None:
     p = sub.add_parser("export", help="write a trained run as a Hugging Face folder (config, weights, "
                        "tokenizer; remote code for tapered models)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory from `autotaper train --out`")
-    p.add_argument("--format", default="hf", choices=["hf"], help="hf: transformers' from_pretrained folder")
     p.add_argument("out", metavar="OUT", help="the folder to write (refused when it holds files, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT, once the new export has been verified")
     p.add_argument("--no-verify", action="store_true",

@@ -120,7 +120,7 @@ def _results_command(given: str | None, url: str, study: str) -> str:
 
 
 def cmd_calibrate(args) -> int:
-    from autotaper.search.calibrate import calibrate
+    from autotaper.search.calibrate import calibrate, seeds_in_use
     from autotaper.search.storage import mask_url
 
     space = _load_space(args)
@@ -129,12 +129,9 @@ def cmd_calibrate(args) -> int:
                     quiet=args.quiet)
     cal, study, url = res.calibration, res.study_name, res.storage
     p = space.proxy
-    in_use = {"search": p.seeds} | ({"racing up to": p.max_seeds} if p.racing else {})
-    if space.settings.confirm.enabled:
-        in_use["confirmation"] = (space.settings.confirm.seeds, space.settings.confirm.top_k + 1)
+    in_use = seeds_in_use(space)
     if args.json:
-        mdes = {k: cal.mde(n[0], alpha=0.05 / n[1]) if isinstance(n, tuple) else cal.mde(n) for k, n in in_use.items()}
-        out = {**cal.to_dict(), "study": study, "storage": mask_url(url), "mde": mdes}
+        out = {**cal.to_dict(), "study": study, "storage": mask_url(url), "mde": cal.mdes(in_use)}
         if args.target_mde:
             out["seeds_for_target_mde"] = cal.seeds_for(args.target_mde)
         print(json.dumps(out))

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotaper._io import atomic_write_text
 from autotaper.errors import InputError
 from autotaper.ladder.fidelity import UNIFORM, fidelity
 from autotaper.ladder.rungs import LadderConfig, Rung, check_scales, parse_ladder, resolve
@@ -170,7 +171,7 @@ def run_ladder(space: YamlSpace, config: LadderConfig, *, target: str, storage: 
     report["elapsed_s"] = time.time() - started
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "ladder.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(report, indent=1) + "\n")
     return LadderResult(report, str(path))
 
 

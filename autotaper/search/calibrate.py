@@ -69,6 +69,11 @@ class Calibration:
     def mde(self, n: int, *, alpha: float = stats.ALPHA) -> float | None:
         return stats.mde(self.delta_sd, n, alpha=alpha)
 
+    def mdes(self, seeds_in_use: dict[str, int | tuple[int, int]]) -> dict[str, float | None]:
+        """The MDE at each stage's seeds (a confirmation's at Holm's alpha / candidates)."""
+        return {k: self.mde(n[0], alpha=stats.ALPHA / n[1]) if isinstance(n, tuple) else self.mde(n)
+                for k, n in seeds_in_use.items()}
+
     def seeds_for(self, target: float) -> int | None:
         return stats.seeds_for_mde(self.delta_sd, target)
 
@@ -112,6 +117,16 @@ class Calibration:
             out.append(f"  lr {row['lr']:g}: uniform {row['mean']:.4f} {unit}, vs the proxy's lr "
                        f"{row['delta']:+.4f}{ci_text}{'  <- lowest' if row.get('best') else ''}")
         return out
+
+
+def seeds_in_use(space: BaseSpace, *, confirm: bool = True) -> dict[str, int | tuple[int, int]]:
+    """The seed counts a search of `space` decides on, by stage: the search's, racing's most,
+    and the confirmation's (seeds, candidates in its Holm correction)."""
+    p, c = space.proxy, space.settings.confirm
+    out: dict[str, int | tuple[int, int]] = {"search": p.seeds} | ({"racing up to": p.max_seeds} if p.racing else {})
+    if confirm and c.enabled:
+        out["confirmation"] = (c.seeds, c.top_k + 1)
+    return out
 
 
 def _mean(xs: Sequence[float]) -> float | None:

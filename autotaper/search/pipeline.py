@@ -20,7 +20,7 @@ import time
 from autotaper.errors import InputError
 from autotaper.log import sayer
 from autotaper.search.backends._base import Backend
-from autotaper.search.calibrate import measure_noise
+from autotaper.search.calibrate import measure_noise, seeds_in_use
 from autotaper.search.confirm import confirm_study
 from autotaper.search.objective import baseline_spec, ensure_baselines, metric_key, train_config
 from autotaper.search.preflight import preflight
@@ -70,11 +70,7 @@ def prepare_search(study, space: BaseSpace, data, *, n_trials: int, started: flo
                    confirm: bool, say) -> tuple:
     """The stages before the trials, shared by both backends: calibration, then the plan."""
     cal = measure_noise(study, space, data, say=say)  # read from the study when it holds one
-    p = space.proxy
-    in_use = {"search": p.seeds} | ({"racing up to": p.max_seeds} if p.racing else {})
-    if confirm and space.settings.confirm.enabled:
-        in_use["confirmation"] = (space.settings.confirm.seeds, space.settings.confirm.top_k + 1)
-    for line in cal.lines(in_use):
+    for line in cal.lines(seeds_in_use(space, confirm=confirm)):
         say(line)
     from autotaper.cost import count
 

@@ -154,8 +154,7 @@ def leaderboard(storage: str | None, study_name: str) -> dict[str, Any]:
     conf = attrs.get(CONFIRMATION_ATTR)
     if conf:
         text = conf["text"]
-        known = conf.get("complete_trials")  # absent in confirmations older than this field
-        grown = len(complete_trials(study)) - known if known is not None else 0
+        grown = len(complete_trials(study)) - conf["complete_trials"]
         if grown > 0:
             text += (f" [confirmed before {grown} more trial(s) completed: run `autotaper confirm --study "
                      f"{study_name}` to confirm the current best]")
@@ -165,7 +164,6 @@ def leaderboard(storage: str | None, study_name: str) -> dict[str, Any]:
         final = search_verdict(rows, mde=noise["mde_search"] if noise else None, unit=_unit(study))
     duplicates = sum(1 for t in study.get_trials(deepcopy=False) if records.status_of(t) == records.DUPLICATE)
     recipe = {k: proxy.get(k) for k in ("preset", "steps", "batch_size", "lr", "parametrization", "depth_alpha")}
-    recipe["parametrization"] = recipe["parametrization"] or "sp"  # a study from before the field
     return {"study": study_name, "storage": mask_url(url), "trials": rows, "noise": noise, "confirmation": conf,
             "verdict": final, "duplicates": duplicates, "recipe": recipe}
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from autotaper.errors import InputError
 from autotaper.search.samplers import PRUNERS, SAMPLERS
-from autotaper.train.config import TrainConfig
+from autotaper.train.config import TrainConfig, eval_interval
 
 OBJECTIVES = ("bpb", "tokens_per_s")
 
@@ -216,7 +216,7 @@ class Proxy:
         return out
 
     def eval_interval(self) -> int:
-        return self.eval_every or max(1, self.steps // 4)
+        return eval_interval(self.steps, self.eval_every)
 
     @property
     def max_seeds(self) -> int:

@@ -9,7 +9,7 @@ from autotaper.errors import InputError, SearchStopped
 from autotaper.search import records
 from autotaper.search.records import CORPUS_ATTR, SPACE_ATTR, TrialRecord
 from autotaper.search.samplers import make_pruner, make_sampler
-from autotaper.search.space import PAPER_DEFAULT, BaseSpace, Proxy
+from autotaper.search.space import PAPER_DEFAULT, BaseSpace
 from autotaper.search.storage import check_study_name, default_location, mask_url, open_storage
 
 # Where the data comes from may differ between workers (paths, --strict-data); what it is
@@ -32,8 +32,8 @@ def open_study(space: BaseSpace, *, storage: str | None, study_name: str | None,
     stored = study.user_attrs.get(SPACE_ATTR)
     if stored is None:
         study.set_user_attr(SPACE_ATTR, identity)
-    elif _comparable(_older(stored, identity)) != _comparable(identity):
-        stored, identity = _comparable(_older(stored, identity)), _comparable(identity)
+    elif _comparable(stored) != _comparable(identity):
+        stored, identity = _comparable(stored), _comparable(identity)
         raise InputError(f"study {name!r} in {mask_url(url)} was created from a different space or proxy "
                          f"({identity_diff(stored, identity)}); pick a new --study name")
     return study, url
@@ -120,20 +120,6 @@ def check_corpus(study, data) -> None:
              else f"pass --data {stored['corpus']} (the same files or tokens)")
     raise InputError(f"study {study.study_name!r} trains on corpus {_describe(stored)}; this worker's data is "
                      f"{_describe(mine)}: {where}")
-
-
-def _older(stored: dict, identity: dict) -> dict:
-    """A stored identity with the proxy fields it predates filled with their defaults, so a
-    study made before a field existed (seeds_max) still opens when the space leaves it unset."""
-    import dataclasses
-
-    proxy = stored.get("proxy")
-    if not isinstance(proxy, dict):
-        return stored
-    defaults = {f.name: f.default for f in dataclasses.fields(Proxy)}
-    filled = {**{k: v for k, v in defaults.items() if k not in proxy and identity.get("proxy", {}).get(k) == v},
-              **proxy}
-    return {**stored, "proxy": filled}
 
 
 def add_references(study, space: BaseSpace, baselines: dict[int, dict], metric: str) -> None:

@@ -10,6 +10,11 @@ from typing import Any
 from autotaper.errors import InputError
 
 SCHEDULES = ("cosine", "wsd", "constant")
+
+
+def eval_interval(steps: int, eval_every: int | None) -> int:
+    """Steps between evaluations: `eval_every`, or four evaluations spread over the run."""
+    return eval_every or max(1, steps // 4)
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -74,7 +79,7 @@ class TrainConfig:
 
     @property
     def eval_interval(self) -> int:
-        return self.eval_every or max(1, self.steps // 4)
+        return eval_interval(self.steps, self.eval_every)
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step `step` (0-based)."""

@@ -92,8 +92,7 @@ def _trainable(config: dict, space: BaseSpace = None, cpus: float = 1.0, data=No
     store = MemoryStore(config.get("known"))
     objective = TaperObjective(space, data, store)
     prep = Prepared(spec=ModelSpec.from_dict(config["spec"]), train=config.get("train") or {})
-    if config.get("incumbent"):  # experiments restored from before racing carry none: uniform
-        prep.incumbent = config["incumbent"]
+    prep.incumbent = config["incumbent"]
     first = []
 
     def report(value: float, step: int) -> bool:
