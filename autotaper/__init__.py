@@ -7,6 +7,10 @@ Public API (imports stay light: numpy only until a model is built or trained):
     count(spec)                           exact parameters and FLOPs per token
     solve(baseline, taper)                a taper solved to the baseline's budget
     build_model(spec)                     the torch module (imports torch)
+    set_verbosity("warning")              progress lines off (logging.getLogger("autotaper"))
+
+Searches, their results and the ladder: `autotaper.search`, `autotaper.ladder`. Errors:
+`autotaper.errors` (`AutotaperError`; bad input is `InputError`, a ValueError).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ _LAZY = {
     "solve": "autotaper.budget",
     "solve_report": "autotaper.budget",
     "build_model": "autotaper.models",
+    "set_verbosity": "autotaper.log",
+    "AutotaperError": "autotaper.errors",
+    "InputError": "autotaper.errors",
 }
 
 __all__ = sorted(_LAZY)

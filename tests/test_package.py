@@ -188,6 +188,12 @@ def test_every_flag_of_every_command_has_help():
                for a in p._actions
                if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not (a.help or "").strip()]
     assert missing == []
+    # and its default, where it has one
+    silent = [f"{name} {a.option_strings[0]}" for name, p in commands.items() for a in p._actions
+              if a.option_strings and a.default not in (None, False, argparse.SUPPRESS)
+              and not isinstance(a, argparse._HelpAction)
+              and "default" not in p._get_formatter()._get_help_string(a) % {"default": a.default}]
+    assert silent == []
 
 
 def test_help_builds_for_every_command(capsys):

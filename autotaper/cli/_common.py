@@ -26,7 +26,7 @@ class _Help(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+        if action.default in (None, False, argparse.SUPPRESS) or "(default" in text or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
 

@@ -295,9 +295,9 @@ def add_commands(sub) -> None:
     p.add_argument("--seeds", type=_seeds, help="override the proxy's paired seeds: N or MIN:MAX")
     _add_data_override(p)
     _add_param_override(p)
-    p.add_argument("--lr", type=_floats, nargs="?", const=(),
+    p.add_argument("--lr-sweep", "--lr", dest="lr", type=_floats, nargs="?", const=(),
                    help="also sweep uniform's learning rate: these values (e.g. 1e-3,2e-3,4e-3), or with no "
-                   "value 0.5x, 1x and 2x the proxy's")
+                   "value 0.5x, 1x and 2x the proxy's (--lr: the former name)")
     p.add_argument("--target-mde", type=_positive(float), help="print the seeds this MDE needs")
     p.add_argument("--refresh", action="store_true", help="measure again even if the study holds a calibration")
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
@@ -307,9 +307,11 @@ def add_commands(sub) -> None:
     p = sub.add_parser("confirm", help="retrain a study's best tapers on fresh seeds; Holm-corrected verdict")
     p.add_argument("--study", required=True, help="the study's name")
     p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")
-    p.add_argument("--top-k", type=_bounded(int, 0, 1000), default=3, help="tapers to confirm besides the paper default "
-                   "(default 3)")
-    p.add_argument("--fresh-seeds", "--seeds", dest="seeds", type=_bounded(int, 2, 1000), default=3,
+    from autotaper.search.settings import Confirm
+
+    p.add_argument("--top-k", type=_bounded(int, 0, 1000), default=Confirm.top_k,
+                   help="tapers to confirm besides the paper default")
+    p.add_argument("--fresh-seeds", "--seeds", dest="seeds", type=_bounded(int, 2, 1000), default=Confirm.seeds,
                    help="fresh seeds to confirm on, at least 2 (--seeds: the former name)")
     p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="train every confirmation run this long (default: the "
                    "search's steps): decide nearer the target's regime")

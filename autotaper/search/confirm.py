@@ -70,7 +70,8 @@ def pick(study, top_k: int, *, exclude: set[str] = frozenset()) -> list:
     return rows
 
 
-def confirm_study(study, space: BaseSpace, data, *, top_k: int = 3, seeds: int = 3, quiet: bool = True,
+def confirm_study(study, space: BaseSpace, data, *, top_k: int = Confirm.top_k, seeds: int = Confirm.seeds,
+                  quiet: bool = True,
                   extra: Sequence[str] = (), decompose: bool = False, steps: int | None = None,
                   tokens_per_param: float | None = None) -> dict:
     """Confirm a study's best tapers on fresh seeds; the result is stored in the study.
@@ -255,9 +256,9 @@ def confirmed_verdict(conf: dict) -> dict:
     return {"text": text, "winner": best["taper"] if winners else None, "beats_uniform": bool(winners)}
 
 
-def confirm(*, storage: str | None = None, study_name: str, top_k: int = 3, seeds: int = 3,
+def confirm(*, storage: str | None = None, study_name: str, top_k: int = Confirm.top_k, seeds: int = Confirm.seeds,
             quiet: bool = False, steps: int | None = None, tokens_per_param: float | None = None,
-            decompose: bool = True) -> Confirmation:
+            decompose: bool = Confirm.decompose) -> Confirmation:
     """`autotaper confirm --study X`: confirm any existing study's best tapers on fresh seeds."""
     from autotaper.search.study import check_corpus, load_study
 

@@ -8,7 +8,7 @@ import os
 import time
 from typing import Callable
 
-from autotaper.errors import InputError
+from autotaper.errors import InputError, SearchStopped
 from autotaper.search.backends._base import Backend
 from autotaper.search.objective import StudyStore, TaperObjective, ensure_baselines
 from autotaper.search.space import BaseSpace
@@ -87,7 +87,8 @@ class OptunaBackend(Backend):
         progress.poll()
         bad = [p.exitcode for p in procs if p.exitcode]
         if bad:
-            raise RuntimeError(f"{len(bad)} search worker(s) exited with status {bad}")
+            raise SearchStopped(f"search stopped: {len(bad)} search worker(s) exited with status {bad} (the "
+                                f"study keeps every finished trial; run the command again to resume)")
 
 
 def _worker(space: BaseSpace, url: str, study_name: str, n_trials: int, timeout: float | None,
