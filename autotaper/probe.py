@@ -101,7 +101,10 @@ def probe(model: torch.nn.Module, windows: np.ndarray, *, batch_size: int = 16,
     return out
 
 
-def probe_spec(spec, data, config, *, windows: int = 64) -> dict:
+WINDOWS = 64  # validation windows a probe reads by default
+
+
+def probe_spec(spec, data, config, *, windows: int = WINDOWS) -> dict:
     """Train `spec` with `config` (in a temporary run directory) and probe the result."""
     import tempfile
 
@@ -120,7 +123,7 @@ def probe_spec(spec, data, config, *, windows: int = 64) -> dict:
             "layers": [asdict(x) for x in rows]}
 
 
-def probe_run(run_dir: str | Path, data=None, *, tokenizer: str | None = None, windows: int = 64,
+def probe_run(run_dir: str | Path, data=None, *, tokenizer: str | None = None, windows: int = WINDOWS,
               batch_size: int = 16, device: str = "cpu", suggest_dim: str | None = None,
               strength: float = 1.0) -> dict:
     """`autotaper probe`: probe a run directory's latest checkpoint on `windows` validation

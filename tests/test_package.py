@@ -356,3 +356,29 @@ def test_a_submitted_search_takes_over_every_search_flag_given_but_the_local_one
     assert all(getattr(job, a.dest) == a.default for a in args.parser._actions  # nothing local went along
                if a.dest in NOT_FORWARDED - {"space", "help"})
     assert sorted(_forwarded(args)) == sorted(g.replace("10m", "600") for g in given)
+
+
+def test_flag_defaults_are_the_librarys():
+    """Where a default cannot be read without loading torch (`--help` stays light), the flag's
+    copy equals the library's."""
+    import argparse
+    import inspect
+
+    from autotaper import probe
+    from autotaper.search.confirm import confirm
+    from autotaper.train.config import TrainConfig
+
+    _, commands = _commands()
+
+    def default(command, flag):
+        return next(a.default for a in commands[command]._actions if flag in a.option_strings)
+
+    assert default("probe", "--windows") == probe.WINDOWS == inspect.signature(probe.probe_run).parameters["windows"].default
+    assert default("confirm", "--top-k") == inspect.signature(confirm).parameters["top_k"].default
+    assert default("confirm", "--fresh-seeds") == inspect.signature(confirm).parameters["seeds"].default
+    # train's flags leave their defaults to TrainConfig (None: not given), and say them in --help
+    for name in ("steps", "batch_size", "lr", "schedule", "precision"):
+        flag = "--" + name.replace("_", "-")
+        assert default("train", flag) is None
+        action = next(a for a in commands["train"]._actions if flag in a.option_strings)
+        assert f"default: {getattr(TrainConfig, name)}" in action.help

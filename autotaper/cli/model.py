@@ -287,7 +287,8 @@ def add_commands(sub) -> None:
     p.add_argument("--space", metavar="FILE", help="take --data and --tokenizer from this space's proxy section")
     p.add_argument("--data", help="validation data (default: the embedded corpus; give the run's own --data)")
     p.add_argument("--tokenizer", choices=["bytes", "bpe"], help="default: the run's")
-    p.add_argument("--windows", type=_bounded(int, 1, 100_000), default=64, help="validation windows (default 64)")
+    p.add_argument("--windows", type=_bounded(int, 1, 100_000), default=64,  # autotaper.probe.WINDOWS (loads torch)
+                   help="validation windows")
     p.add_argument("--device", default="cpu", help="where the probe runs the model")
     p.add_argument("--suggest", action="store_true",
                    help="also print a taper whose per-layer ratios follow the measured update norms")
