@@ -361,7 +361,6 @@ def test_a_submitted_search_takes_over_every_search_flag_given_but_the_local_one
 def test_flag_defaults_are_the_librarys():
     """Where a default cannot be read without loading torch (`--help` stays light), the flag's
     copy equals the library's."""
-    import argparse
     import inspect
 
     from autotaper import probe
