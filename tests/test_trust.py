@@ -301,23 +301,3 @@ def test_the_confirmation_runs_the_seeds_its_plan_kept(corpus, tmp_path, monkeyp
     out = run_search(space, budget_s=1.0, quiet=True)
     assert "on 2 fresh seeds" in out.plan
     assert out.confirmation is not None and out.confirmation["seeds"] == [1000, 1001]
-
-
-def test_a_study_made_before_racing_still_opens(corpus):
-    """Its stored space has no proxy.seeds_max: an unchanged space must not be refused."""
-    import optuna
-
-    from autotaper.search.records import SPACE_ATTR
-    from autotaper.search.study import open_study
-
-    space = _space(corpus, name="old")
-    study, _ = open_study(space, storage=None, study_name="old")
-    identity = study.user_attrs[SPACE_ATTR]
-    del identity["proxy"]["seeds_max"]
-    study.set_user_attr(SPACE_ATTR, identity)
-    open_study(space, storage=None, study_name="old")  # opens
-    racing_space = _space(corpus, name="old", proxy={"seeds": {"min": 2, "max": 4}})
-    with pytest.raises(ValueError, match="different space"):
-        open_study(racing_space, storage=None, study_name="old")
-    assert optuna.load_study(study_name="old", storage="sqlite:///runs/search/old/study.db").user_attrs[SPACE_ATTR] \
-        == identity  # nothing stored was changed by either attempt
