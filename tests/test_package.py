@@ -381,3 +381,18 @@ def test_flag_defaults_are_the_librarys():
         assert default("train", flag) is None
         action = next(a for a in commands["train"]._actions if flag in a.option_strings)
         assert f"default: {getattr(TrainConfig, name)}" in action.help
+
+
+def test_trial_attributes_are_spelled_in_records_only():
+    """A trial's or a study's attribute is read and written by a name from `search/records.py`
+    (TrialRecord's fields, the *_ATTR constants), never by a string typed elsewhere."""
+    import re
+    from pathlib import Path
+
+    import autotaper
+
+    literal = re.compile(r"""(user_attrs\.get\(|user_attrs\[|set_user_attr\(|set_trial_user_attr\([^,]+,\s*)["']""")
+    root = Path(autotaper.__file__).parent
+    found = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py") if p.name != "records.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if literal.search(line)]
+    assert found == []
