@@ -15,13 +15,11 @@ Searches, their results and the ladder: `autotaper.search`, `autotaper.ladder`. 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from autotaper._lazy import lazy_names
 
 __version__ = "0.1.0"
 
-# name -> module; resolved on first attribute access (Optuna's _LazyImport idea), so
-# `import autotaper` and `autotaper --help` never pay for torch, Optuna or Ray.
+# name -> module, resolved on first attribute access (`autotaper._lazy`)
 _LAZY = {
     "Taper": "autotaper.taper",
     "DimTaper": "autotaper.taper",
@@ -44,13 +42,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'autotaper' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

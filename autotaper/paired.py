@@ -278,6 +278,8 @@ def compare(baseline: ModelSpec, taper: str, data, config, *, params: Sequence[s
     parametrization in `params` (`param_fields`: depth_alpha, base_d_model, base_n_layers)."""
     import dataclasses
 
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
+        raise InputError(f"seeds: a paired interval needs at least 2 seeds, got {seeds!r}")
     bases = {name: dataclasses.replace(baseline, parametrization=name, **param_fields) for name in params}
     return compare_parametrizations(bases, taper, data, lambda seed, overrides: dataclasses.replace(config, seed=seed),
                                     seeds=range(seeds), constraint=constraint, tolerance=tolerance, quiet=quiet,

@@ -69,7 +69,7 @@ def test_our_fault_exits_1_without_a_traceback(monkeypatch, capsys):
 # The import graph: every import the package makes (those inside functions included, those
 # under `if TYPE_CHECKING:` not, as they never run), computed from the source.
 LAYERS = [  # lowest first; a module may import its own layer and the layers below it
-    ["autotaper.errors", "autotaper._io", "autotaper.stats", "autotaper.log", "autotaper.urls"],
+    ["autotaper.errors", "autotaper._io", "autotaper._lazy", "autotaper.stats", "autotaper.log", "autotaper.urls"],
     ["autotaper.curves"],
     ["autotaper.taper"],
     ["autotaper.families", "autotaper.parametrization", "autotaper.spec"],
@@ -396,3 +396,14 @@ def test_trial_attributes_are_spelled_in_records_only():
     found = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py") if p.name != "records.py"
              for i, line in enumerate(p.read_text().splitlines(), 1) if literal.search(line)]
     assert found == []
+
+
+def test_compare_refuses_too_few_seeds_before_it_trains():
+    """No data is given: the refusal must come before anything is built or trained."""
+    from autotaper.paired import compare
+    from autotaper.spec import ModelSpec
+    from autotaper.train.config import TrainConfig
+
+    for seeds in (0, 1, True, 2.5):
+        with pytest.raises(errors.InputError, match="seeds: a paired interval needs at least 2 seeds"):
+            compare(ModelSpec.from_name("tiny"), "ffn:cosine:1.5:0.5", None, TrainConfig(), seeds=seeds)

@@ -242,6 +242,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _add_proxy_overrides(p) -> None:
+    """The flags that override a space's proxy (search and calibrate): they name their own study."""
+    p.add_argument("--preset", help="override the space's proxy preset")
+    p.add_argument("--family", help="override the space's proxy family")
+    p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="override the proxy's training steps")
+    p.add_argument("--seeds", type=_seeds, help="override the proxy's paired seeds: N, or MIN:MAX to race")
+    _add_data_override(p)
+    _add_param_override(p)
+
+
 def add_commands(sub) -> None:
     """This group's subcommands, on the `autotaper` parser's subparsers."""
     p = sub.add_parser("search", help="search the best taper in a space (Optuna locally, or Ray Tune)")
@@ -256,12 +266,7 @@ def add_commands(sub) -> None:
     p.add_argument("--workers", type=_auto_or(_positive(int)), default=1,
                    help="worker processes on this machine, or auto: as many as fit the GPU's memory and "
                         "the host's cores (one per two cores on a CPU)")
-    p.add_argument("--preset", help="override the space's proxy preset")
-    p.add_argument("--family", help="override the space's proxy family")
-    p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="override the proxy's training steps")
-    p.add_argument("--seeds", type=_seeds, help="override the proxy's paired seeds: N, or MIN:MAX to race")
-    _add_data_override(p)
-    _add_param_override(p)
+    _add_proxy_overrides(p)
     p.add_argument("--budget", type=_duration, help="plan trials to finish in this wall time: 600, 600s, 10m, 1.5h "
                    "(default: the space's search.budget)")
     p.add_argument("--no-confirm", action="store_true", help="skip the confirmation on fresh seeds")
@@ -289,12 +294,7 @@ def add_commands(sub) -> None:
     p.add_argument("--space", required=True, help="YAML search space")
     p.add_argument("--storage", help="the study's storage URL (default runs/search/STUDY/)")
     p.add_argument("--study", help="study name (default: the space's name); a search of it reuses the runs")
-    p.add_argument("--preset", help="override the space's proxy preset")
-    p.add_argument("--family", help="override the space's proxy family")
-    p.add_argument("--steps", type=_bounded(int, 1, 10_000_000), help="override the proxy's training steps")
-    p.add_argument("--seeds", type=_seeds, help="override the proxy's paired seeds: N or MIN:MAX")
-    _add_data_override(p)
-    _add_param_override(p)
+    _add_proxy_overrides(p)
     p.add_argument("--lr-sweep", "--lr", dest="lr", type=_floats, nargs="?", const=(),
                    help="also sweep uniform's learning rate: these values (e.g. 1e-3,2e-3,4e-3), or with no "
                    "value 0.5x, 1x and 2x the proxy's (--lr: the former name)")

@@ -37,6 +37,13 @@ DUPLICATE = "duplicate"  # yielded to a running trial of the same spec: not a ro
 INTERRUPTED_REASONS = ("worker process", "lease expired")
 
 
+def _with_extra(cls, data: dict[str, Any]):
+    """`cls` from a stored dict: its fields by name, every other key kept in `extra` (written
+    back as it was read, so a newer version's keys survive an older one)."""
+    known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    return cls(**{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known})
+
+
 @dataclass
 class TrialRecord:
     """One trial's attributes. Fields left None are not stored."""
@@ -82,9 +89,7 @@ class TrialRecord:
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> "TrialRecord":
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in attrs.items() if k in known},
-                   extra={k: v for k, v in attrs.items() if k not in known})
+        return _with_extra(cls, attrs)
 
     @classmethod
     def from_trial(cls, trial) -> "TrialRecord":
@@ -127,9 +132,7 @@ class Confirmation:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Confirmation":
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in data.items() if k in names},
-                   extra={k: v for k, v in data.items() if k not in names})
+        return _with_extra(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from autotaper._lazy import lazy_names
 
 _LAZY = {"TrainConfig": "autotaper.train.config", "evaluate": "autotaper.train.evaluation",
          "Callback": "autotaper.train.trainer", "TensorBoard": "autotaper.train.trainer",
@@ -13,13 +12,4 @@ _LAZY = {"TrainConfig": "autotaper.train.config", "evaluate": "autotaper.train.e
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'autotaper.train' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
