@@ -93,7 +93,7 @@ class PairedEvaluator:
         return {"value": values[self.key], "curve": {str(h["step"]): h[self.key] for h in r.history},
                 "tokens_per_s": r.tokens_per_s, "train_time_s": r.train_time_s,
                 "train_wall_s": time.perf_counter() - t0, "fingerprint": r.data_fingerprint, "steps": r.steps,
-                "status": r.status, "reason": r.reason}
+                "status": r.status, "reason": r.reason, "device": r.device, "precision": r.precision}
 
     def baseline(self, seed: int) -> dict:
         """The uniform baseline on `seed`, trained once and kept in the store."""

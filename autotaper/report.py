@@ -5,12 +5,17 @@ the probe set's effect against scale with intervals, rank agreement between rung
 trend fit with its prediction at the target.
 
 Sections, each drawn from the study storage alone (so any study, from any backend, reports):
+- recipe: what every verdict holds under: the proxy (preset, shape, steps, batch, lr,
+  parametrization, precision), corpus, seeds, device, the versions that created the study, dates;
 - verdict: the confirmed verdict (or the search-stage one, marked unconfirmed) and the noise floor;
 - leaderboard: the mean paired difference against uniform with its 95% interval as error bars,
-  zero and the minimum detectable effect drawn as a band, confirmed intervals beside them;
+  zero and the minimum detectable effect drawn as a band (the confirmation's, the one its
+  verdict used, once there is one), confirmed intervals beside them;
 - widths: the per-layer profile of the top tapers against uniform, per tapered dimension;
-- history and importances: Optuna's own matplotlib plots (`optuna.visualization.matplotlib`);
-- curves: the paired difference per seed at each evaluation, for the top candidates;
+- history and importances: Optuna's own matplotlib plots (`optuna.visualization.matplotlib`)
+  over the sampled trials (the uniform and paper-default references left out);
+- curves: the paired difference per seed at each evaluation, for the top candidates.
+A section with too little data to draw says so instead of drawing a degenerate figure.
 - probe: the residual-stream probe of a run, when one is given (`autotaper.probe`).
 """
 
@@ -21,9 +26,12 @@ import io
 from pathlib import Path
 
 from autotaper.paired import RUN_KEY
+from autotaper.search import records
 from autotaper.search.records import BASELINE_KEY, PROBE_ATTR, TrialRecord
 
 TOP = 3
+_RUNS = (records.RUN_PREFIX, records.BASELINE_PREFIX)  # the stored runs' attribute keys
+MIN_IMPORTANCE_TRIALS = 5  # fANOVA over fewer sampled trials ranks noise
 
 
 def _svg(fig) -> str:
@@ -64,14 +72,26 @@ def leaderboard_plot(board: dict) -> str:
                         color="tab:green" if c.get("beats_uniform") else "tab:gray", capsize=3,
                         label="confirmed (fresh seeds)" if not ax.get_legend_handles_labels()[1].count(
                             "confirmed (fresh seeds)") else None)
-    mde = (board.get("noise") or {}).get("mde_search")
+    mde, which = mde_band(board)
     if mde:
-        ax.axvspan(-mde, mde, color="tab:orange", alpha=0.15, label=f"MDE ±{mde:.3f}")
+        ax.axvspan(-mde, mde, color="tab:orange", alpha=0.15, label=f"MDE ±{mde:.3f} ({which})")
     ax.axvline(0, color="black", lw=1)
     ax.set_yticks(ys, [f"#{r['trial']} {r['taper']}" for r in rows], fontsize=8)
     ax.set_xlabel("Δ bits per byte vs uniform (negative is better), 95% CI")
     ax.legend(fontsize=8, loc="lower right")
     return _svg(fig)
+
+
+def mde_band(board: dict) -> tuple[float | None, str]:
+    """The minimum detectable effect the verdict used: the confirmation's once there is one
+    (its fresh seeds, Holm over its candidates), else the search's (calibration at the search's seeds)."""
+    conf = board.get("confirmation") or {}
+    if conf.get("mde"):
+        return conf["mde"], f"confirmation: {len(conf['seeds'])} fresh seeds, Holm over {conf['m']}"
+    noise = board.get("noise") or {}
+    if noise.get("mde_search"):
+        return noise["mde_search"], f"search: {noise['search_seeds']} seeds"
+    return None, ""
 
 
 def widths_plot(rows: list[dict], study) -> str:
@@ -102,6 +122,10 @@ def widths_plot(rows: list[dict], study) -> str:
 def curves_plot(rows: list[dict], study) -> str:
     attrs = study.user_attrs
     top = [r for r in rows if r["status"] == "complete" and r.get("spec_key") and r["taper"] != "uniform"][:TOP]
+    evaluations = {len(run.get("curve") or ()) for k, run in attrs.items() if k.startswith(_RUNS) and isinstance(run, dict)}
+    if evaluations and max(evaluations) < 2:
+        return ("<p>Each run was evaluated once, at its last step (eval_every = steps): there is no curve to "
+                "draw. The final paired differences are in the leaderboard.</p>")
     out = []
     for r in top:
         fig, ax = _figure(6.5, 2.8)
@@ -126,14 +150,39 @@ def curves_plot(rows: list[dict], study) -> str:
     return "\n".join(out) or "<p>No stored learning curves.</p>"
 
 
+def sampled_study(study):
+    """An in-memory copy of `study` holding only its sampled trials: the uniform and
+    paper-default references are enqueued, not sampled, and would bend the history and the
+    importances."""
+    import optuna
+
+    from autotaper.search.space import PAPER_DEFAULT
+
+    def sampled(t) -> bool:
+        r = TrialRecord.from_trial(t)
+        return r.status not in (records.REFERENCE, records.DUPLICATE) and r.enqueued != PAPER_DEFAULT
+
+    copy = optuna.create_study(directions=study.directions)
+    copy.add_trials([t for t in study.get_trials(deepcopy=False) if sampled(t)])
+    return copy
+
+
 def optuna_plot(study, kind: str) -> str:
-    """Optuna's own plot, or a line saying why it cannot be drawn for this study."""
+    """Optuna's own plot over the sampled trials, or a line saying why it is not drawn."""
     import warnings
 
     import matplotlib
+    import optuna
     from optuna.visualization import matplotlib as ovm
 
     matplotlib.use("Agg")  # Optuna's plots draw with pyplot
+    study = sampled_study(study)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if kind == "importances" and len(done) < MIN_IMPORTANCE_TRIALS:
+        return (f"<p>Not drawn: {len(done)} sampled trial(s) completed, and importances from fewer than "
+                f"{MIN_IMPORTANCE_TRIALS} rank noise.</p>")
+    if not done:
+        return "<p>Not drawn: no sampled trial completed (the references alone are not a history).</p>"
     try:
         with warnings.catch_warnings(), matplotlib.rc_context():  # Optuna switches pyplot's style
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
@@ -167,6 +216,66 @@ def probe_plot(result: dict) -> str:
     return _svg(fig)
 
 
+def recipe(study, board: dict) -> list[tuple[str, str]]:
+    """The report's header: what every number in it holds under, one (field, value) per line,
+    read from the study alone."""
+    import datetime
+
+    import autotaper
+
+    attrs = study.user_attrs
+    proxy = (attrs.get(records.SPACE_ATTR) or {}).get("proxy") or {}
+    corpus = attrs.get(records.CORPUS_ATTR) or {}
+    env = attrs.get(records.ENVIRONMENT_ATTR) or {}
+    conf = board.get("confirmation") or {}
+    out = [("study", f"{board['study']} ({board['storage']})")]
+    if proxy:
+        out.append(("proxy", f"{proxy['preset']}, {proxy['steps']} steps x batch {proxy['batch_size']}, lr "
+                             f"{proxy['lr']:g} ({proxy['schedule']}), {proxy['constraint']} budget"))
+        out.append(("shape", _shape(proxy)))
+        alpha = f" (alpha {proxy['depth_alpha']:g})" if proxy.get("parametrization") == "completep" else ""
+        out.append(("parametrization", f"{proxy.get('parametrization', 'sp')}{alpha}: every verdict holds under it"))
+        out.append(("precision", _runs_say(attrs, "precision", proxy["precision"])))
+        seeds = f"{proxy['seeds']}" + (f" to {proxy['seeds_max']} (racing)" if (proxy.get("seeds_max") or 0) >
+                                       proxy["seeds"] else "")
+        fresh = f"; confirmation on fresh seeds {', '.join(map(str, conf['seeds']))}" if conf.get("seeds") else ""
+        out.append(("seeds", f"{seeds} per candidate in the search{fresh}"))
+    if corpus:
+        out.append(("corpus", f"{corpus['corpus']}: {corpus['tokenizer']} tokenizer of {corpus['vocab_size']}, "
+                              f"{corpus['train_tokens']:,} train and {corpus['val_tokens']:,} validation tokens, "
+                              f"sha256 {corpus['content_sha256'][:12]}"))
+    device = _runs_say(attrs, "device", "no stored run")
+    out.append(("device", f"{device}; the study was created on {env['device']}" if env else device))
+    versions = (f"autotaper {env['autotaper']}, torch {env['torch']}, Optuna {env['optuna']}, Python "
+                f"{env['python']} on {env['host']}" if env else "not recorded")
+    out.append(("created by", versions))
+    out.append(("dates", f"study created {env.get('created', 'not recorded')}; report written "
+                         f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')} "
+                         f"by autotaper {autotaper.__version__}"))
+    return out
+
+
+def _shape(proxy: dict) -> str:
+    from autotaper.spec import ModelSpec
+
+    try:
+        s = ModelSpec.from_name(proxy["preset"], **(proxy.get("shape") or {}))
+    except (KeyError, ValueError, TypeError):
+        return "unknown (the preset is not known to this version)"
+    return (f"{s.family}, {s.n_layers} layers x d_model {s.d_model}, {s.n_heads} heads ({s.n_kv_heads or s.n_heads} kv), "
+            f"MLP width {s.ffn_width}, context {s.context_length}")
+
+
+def _runs_say(attrs: dict, key: str, fallback: str) -> str:
+    """What the stored runs record for `key` (device, precision), each value with its count."""
+    from collections import Counter
+
+    said = Counter(v[key] for k, v in attrs.items() if k.startswith(_RUNS) and isinstance(v, dict) and v.get(key))
+    if not said:
+        return str(fallback)
+    return ", ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in said.most_common())
+
+
 def _table(rows: list[dict]) -> str:
     head = "<tr><th>trial</th><th>status</th><th>Δ bpb</th><th>95% CI</th><th>seeds</th><th>taper</th></tr>"
     body = []
@@ -195,7 +304,9 @@ def build_report(storage: str | None, study_name: str, *, probe: dict | None = N
     rows = board["trials"]
     verdict = board["verdict"]
     noise = "\n".join((board.get("noise") or {}).get("lines") or ["(no calibration stored)"])
+    header = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in recipe(study, board))
     parts = [
+        ("recipe", "Recipe", f"<table>{header}</table>"),
         ("verdict", "Verdict", f"<p><b>{'confirmed' if verdict.get('confirmed') else 'unconfirmed'}:</b> "
                                f"{html.escape(verdict['text'])}</p><pre>{html.escape(noise)}</pre>"),
         ("leaderboard", "Leaderboard: paired differences against uniform",
@@ -208,10 +319,7 @@ def build_report(storage: str | None, study_name: str, *, probe: dict | None = N
     probe = probe if probe is not None else study.user_attrs.get(PROBE_ATTR)  # search.suggest_from_probe
     if probe is not None:
         parts.append(("probe", f"Residual-stream probe of {probe['run_dir']}", probe_plot(probe)))
-    r = board.get("recipe") or {}
-    recipe = (f"; proxy {r['preset']}, {r['steps']} steps x {r['batch_size']}, lr {r['lr']:g}, parametrization "
-              f"{r['parametrization']}" if r.get("preset") else "")
-    return _page(f"autotaper report: {study_name}", f"storage {board['storage']}{recipe}", parts)
+    return _page(f"autotaper report: {study_name}", f"storage {board['storage']}", parts)
 
 
 def ladder_effects_plot(report: dict) -> str:

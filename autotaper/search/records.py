@@ -22,6 +22,7 @@ CALIBRATION_ATTR = "calibration"  # `Calibration.to_dict`
 CONFIRMATION_ATTR = "confirmation"  # `Confirmation.to_dict`
 PROBE_ATTR = "probe"  # search.suggest_from_probe: the probe of uniform and its suggestion
 EXPERIMENT_ATTR = "ray/experiment"  # the Ray Tune experiment folder to restore
+ENVIRONMENT_ATTR = "autotaper/environment"  # versions, device, host and date of the process that created it
 # The stored runs: their keys live with the run store (`paired`), re-exported here.
 BASELINE_PREFIX = BASELINE_KEY.format(seed="")  # "baseline/seed": one entry per seed
 RUN_PREFIX = RUN_KEY.split("{")[0]  # "run/": one entry per (spec, seed)

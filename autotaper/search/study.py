@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from autotaper.errors import InputError, SearchStopped
 from autotaper.search import records
-from autotaper.search.records import CORPUS_ATTR, SPACE_ATTR, TrialRecord
+from autotaper.search.records import CORPUS_ATTR, ENVIRONMENT_ATTR, SPACE_ATTR, TrialRecord
 from autotaper.search.samplers import make_pruner, make_sampler
 from autotaper.search.space import PAPER_DEFAULT, BaseSpace
 from autotaper.search.storage import check_study_name, default_location, mask_url, open_storage
@@ -32,6 +32,7 @@ def open_study(space: BaseSpace, *, storage: str | None, study_name: str | None,
     stored = study.user_attrs.get(SPACE_ATTR)
     if stored is None:
         study.set_user_attr(SPACE_ATTR, identity)
+        study.set_user_attr(ENVIRONMENT_ATTR, environment())
     elif _comparable(stored) != _comparable(identity):
         stored, identity = _comparable(stored), _comparable(identity)
         raise InputError(f"study {name!r} in {mask_url(url)} was created from a different space or proxy "
@@ -97,6 +98,45 @@ def corpus_identity(data) -> dict:
             "vocab_size": int(data.vocab_size), "train_tokens": int(len(data.train)),
             "val_tokens": int(len(data.val)), "python": m.get("python", platform.python_version()),
             "host": socket.gethostname(), "folder": str(data.root) if data.root else None}
+
+
+def environment() -> dict:
+    """Where a study was created: the autotaper, torch, Optuna and Python versions, the device
+    a run trains on by default here, the host, and the date (UTC). Recorded once, by the
+    process that creates the study; each stored run also names its own device."""
+    import datetime
+    import platform
+    import socket
+
+    import optuna
+    import torch
+
+    import autotaper
+
+    return {"autotaper": autotaper.__version__, "torch": torch.__version__, "optuna": optuna.__version__,
+            "python": platform.python_version(), "device": device_name(), "host": socket.gethostname(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def device_name() -> str:
+    """This machine's default training device in words: the GPU's name, or the CPU's model,
+    its threads and whether it has native bf16."""
+    import platform
+    from pathlib import Path
+
+    import torch
+
+    from autotaper.train.trainer import cpu_has_native_bf16
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu: {model}, {torch.get_num_threads()} threads, {'native' if cpu_has_native_bf16() else 'no'} bf16"
 
 
 def _describe(c: dict) -> str:
