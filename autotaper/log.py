@@ -1,6 +1,6 @@
 """autotaper's logger: progress and notes go to `logging.getLogger("autotaper")` (as
 transformers' do), shown on stderr at INFO by default. `set_verbosity("warning")` (or
-the standard `logging` calls) quiets them; bars are tqdm's."""
+the standard `logging` calls) quiets them, the search's progress bar (tqdm's) with them."""
 
 from __future__ import annotations
 

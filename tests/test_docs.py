@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README_LIMIT = 12 * 1024  # bytes: a five-minute read; topics live in docs/
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -82,3 +84,105 @@ def test_every_command_line_in_the_readme_and_docs_parses():
         except (UsageError, SystemExit) as e:
             refused.append(f"{page}: autotaper {' '.join(args)} ({e})")
     assert refused == []
+
+
+# The fenced Python examples of the README and docs/ run here, as written, on tiny settings:
+# each replacement below turns a laptop-sized value into a seconds-sized one (and each is used
+# by some example, so the table cannot outlive them). A block opts out with a first line
+# `# docs-test: skip (why)`.
+SKIP = re.compile(r"#\s*docs-test:\s*skip\b\s*(?:\((.*)\))?")
+TINY_QUICKSTART = "tiny_quickstart.yaml"
+TINY = {
+    '"proxy-xs"': '"tiny"',
+    "steps=300": "steps=4",
+    "steps=150": "steps=4",
+    "steps=20": "steps=4",
+    "n_trials=20": "n_trials=3",
+    "seeds=8": "seeds=2",
+    '"search_spaces/quickstart.yaml"': f'"{TINY_QUICKSTART}"',
+}
+
+
+def python_blocks(pages=None):
+    """(page, first line, code, why skipped or None) for every ```python block."""
+    for page in pages or _pages():
+        lines = page.read_text().splitlines()
+        start = None
+        for i, line in enumerate(lines):
+            if start is None and line.strip() == "```python":
+                start = i + 1
+            elif start is not None and line.startswith("```"):
+                code = "\n".join(lines[start:i]) + "\n"
+                first = code.lstrip().splitlines()[0] if code.strip() else ""
+                mark = SKIP.match(first)
+                yield page, start + 1, code, (mark.group(1) or "") if mark else None
+                start = None
+
+
+def _tiny(code: str) -> tuple[str, set[str]]:
+    used = {k for k in TINY if k in code}
+    for k in used:
+        code = code.replace(k, TINY[k])
+    return code, used
+
+
+def test_the_skip_marker_is_honoured_and_needs_a_reason(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("```python\n# docs-test: skip (needs a GPU)\nimport cuda_only\n```\n"
+                    "```python\n# docs-test: skip\nx = 1\n```\n```python\nprint(1)\n```\n")
+    assert [(line, why) for _, line, _, why in python_blocks([page])] == [(2, "needs a GPU"), (6, ""), (10, None)]
+
+
+EXAMPLES = list(python_blocks())
+
+
+def test_the_examples_are_collected_and_each_tiny_replacement_is_used():
+    assert len(EXAMPLES) >= 4  # README, api, search, export (4 on 2026-12-02)
+    used = set().union(*(_tiny(code)[1] for *_, code, _ in EXAMPLES))
+    assert used == set(TINY)
+    assert [f"{page.name}:{line}" for page, line, _, why in EXAMPLES if why == ""] == []  # a skip gives its reason
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page,line,code,why", EXAMPLES,
+                         ids=[f"{p.relative_to(ROOT)}:{line}" for p, line, _, _ in EXAMPLES])
+def test_the_python_examples_of_the_readme_and_docs_run(page, line, code, why, tmp_path):
+    """Each block runs in a fresh interpreter in an empty folder (so one block's registrations
+    and studies are not another's), with the quickstart space shrunk to a tiny one."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.helpers import micro_space
+
+    if why is not None:
+        pytest.skip(f"{page.name}:{line}: {why}")
+    space = micro_space(None, name="quickstart", proxy={"steps": 4, "eval_every": 4},
+                        search={"n_trials": 3, "confirm": {"top_k": 1, "seeds": 2}})
+    del space["proxy"]["data"]  # the default corpus, as the quickstart
+    (tmp_path / TINY_QUICKSTART).write_text(yaml.safe_dump(space))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, "-c", _tiny(code)[0]], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, f"{page.relative_to(ROOT)}:{line}\n{proc.stderr[-3000:]}"
+
+
+def test_the_api_reference_documents_every_public_name():
+    """docs/reference.md (mkdocstrings) names every class and function of each public package's
+    `__all__`, by the module that defines it; CI's strict build fails on a path that moved."""
+    import importlib
+
+    page = (ROOT / "docs" / "reference.md").read_text()
+    shown = set(re.findall(r"^::: (\S+)$", page, re.M))
+    missing = []
+    for package in ("autotaper", "autotaper.data", "autotaper.train", "autotaper.parametrization",
+                    "autotaper.search", "autotaper.ladder"):
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if callable(obj) and f"{obj.__module__}.{name}" not in shown:
+                missing.append(f"{package}.{name}")
+    assert missing == []
+    assert len(shown) >= 80  # 85 on 2026-12-02

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from autotaper.ladder.trend import best_per_rung, fit_trend, held_out
 from autotaper.search.space import Proxy
 from autotaper.spec import ModelSpec
 from tests.helpers import micro_space, write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- rank statistics -------------------------------------------------------------------
@@ -248,6 +251,11 @@ def test_ladder_on_two_tiny_shapes_writes_the_report_and_a_spec_at_the_exact_bud
     assert (spec.parametrization, spec.base_d_model, spec.base_n_layers) == ("completep", 32, 4)
     assert "--param completep --depth-alpha 1 --base-d-model 32 --base-n-layers 4" in rec["uniform_command"]
     assert json.loads((tmp_path / "out" / "ladder.json").read_text())["recommendation"] == rec
+    plot = subprocess.run([sys.executable, str(ROOT / "examples" / "plot_ladder.py"), str(tmp_path / "out" / "ladder.json"),
+                           "--out", str(tmp_path / "ladder.png")], capture_output=True, text=True, timeout=120)
+    assert plot.returncode == 0, plot.stderr[-2000:]  # examples/plot_ladder.py reads the JSON and draws it
+    assert (tmp_path / "ladder.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"recommendation at 440m: {rec['taper']}" in plot.stdout
     page = (tmp_path / "out" / "ladder.html").read_text()  # the ladder's HTML report, path on stderr
     assert f"report: {tmp_path / 'out' / 'ladder.html'}" in r.stderr
     for sid in ("recommendation", "effects", "fidelity", "trend"):

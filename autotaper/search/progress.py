@@ -12,8 +12,13 @@ from autotaper.search.records import TrialRecord
 
 class Progress:
     def __init__(self, study, n_trials: int, *, quiet: bool = False):
+        import logging
+
         from tqdm.auto import tqdm
 
+        from autotaper.log import logger
+
+        quiet = quiet or not logger.isEnabledFor(logging.INFO)  # set_verbosity("warning"): the bar off too
         self.study, self.n_trials, self.quiet = study, n_trials, quiet
         self.started = time.time()
         self.start_done = self._counts()["done"]
