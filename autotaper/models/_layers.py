@@ -18,5 +18,26 @@ def add_to_stream(x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q (B, h, T, hd), k and v (B, kv, T, hd) with h a multiple of kv -> (B, T, h * hd)."""
     B, h, T, hd = q.shape
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != h)
+    if _batched(q):  # inside a population's vmap: SDPA has no batching rule on CPU (a loop per member)
+        y = _math_attention(q, k, v)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != h)
     return y.transpose(1, 2).reshape(B, T, h * hd)
+
+
+def _batched(t: torch.Tensor) -> bool:
+    """Whether `t` is a functorch batched tensor (a population's member dimension, vmapped)."""
+    try:
+        return torch._C._functorch.is_batchedtensor(t)
+    except AttributeError:  # pragma: no cover (a torch without functorch's C API)
+        return False
+
+
+def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal softmax attention with plain matmuls (what SDPA computes), which vmap batches."""
+    h, kv, T = q.shape[1], k.shape[1], q.shape[2]
+    if kv != h:
+        k, v = k.repeat_interleave(h // kv, dim=1), v.repeat_interleave(h // kv, dim=1)
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v

@@ -174,10 +174,12 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device,
-               spec: ModelSpec | None = None) -> torch.optim.AdamW:
+               spec: ModelSpec | None = None, *, stacked: dict[str, torch.Tensor] | None = None) -> torch.optim.AdamW:
     """AdamW with one group per distinct (LR, epsilon, weight decay) multiplier of the spec's
     parametrization and per-layer LR (`autotaper.parametrization.rules`); each group's
-    `lr_scale` multiplies the schedule's LR at every step. Matrices decay, vectors do not."""
+    `lr_scale` multiplies the schedule's LR at every step. Matrices decay, vectors do not.
+    `stacked`: a population's weights by name (`autotaper.train.population`), grouped as the
+    member `model`'s are."""
     from autotaper.models.rules import rules
 
     spec = spec if spec is not None else getattr(model, "spec", None)
@@ -190,7 +192,7 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device
         key = (lr_scale, eps_scale, wd)
         group = groups.setdefault(key, {"params": [], "lr_scale": lr_scale, "eps": config.eps * eps_scale,
                                         "weight_decay": wd, "lr": config.lr * lr_scale})
-        group["params"].append(p)
+        group["params"].append(stacked[name] if stacked is not None else p)
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(list(groups.values()), lr=config.lr, betas=(config.beta1, config.beta2),
                              eps=config.eps, **extra)
