@@ -78,3 +78,14 @@ def test_settings_members_cannot_share_are_refused_naming_the_field():
         check_population([TrainConfig(seed=s) for s in range(257)])
     with pytest.raises(InputError, match="grad_accum 2"):
         check_population([TrainConfig(seed=0, batch_size=16, grad_accum=2)])
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_a_population_on_cuda_equals_its_members_trained_one_by_one(data):
+    """The GPU path (benchmarks/gpu_check.sh runs it): fp32 matmuls on CUDA, same bound."""
+    spec = at.solve(at.ModelSpec.from_name("tiny"), "ffn:cosine:1.5:0.5")
+    configs = [dataclasses.replace(c, device="cuda") for c in _configs([0, 1])]
+    for member, config in zip(train_population(spec, data, configs), configs):
+        alone = train(spec, data, config, quiet=True)
+        assert member.device.startswith("cuda") and member.val_loss == pytest.approx(alone.val_loss,
+                                                                                     abs=FP32_TOLERANCE)
