@@ -7,8 +7,9 @@ For each preset it trains K seeds of the paper's cosine taper two ways, in this 
 and on this machine's threads: one `train` after another (the baseline), and one
 `train_population` of K members. It prints runs per hour of each and their ratio (measured in
 this run, so a shared machine's speed cancels), and the largest difference in final
-validation loss between a member and its single run. Equal shapes only: padding waste is 0
-until members of different widths share a population.
+validation loss between a member and its single run. Rows "seeds" are K seeds of one taper
+(no padding); rows "tapers" are K candidates (cosine strengths spread over -0.5..0.75) on one
+seed, padded to each layer's widest MLP, with the share of weights that is padding.
 """
 
 from __future__ import annotations
@@ -33,29 +34,37 @@ def main() -> None:
     import autotaper as at
     from autotaper.data import load_data
     from autotaper.train import TrainConfig, train
-    from autotaper.train.population import train_population
+    from autotaper.train.population import padding_waste, train_population
 
     data = load_data()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device "
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}; {args.steps} steps x batch {args.batch_size}")
-    print(f"{'preset':<9} {'K':>3} {'single runs/h':>14} {'population runs/h':>18} {'ratio':>6} {'max |dloss|':>12}")
+    print(f"{'preset':<9} {'members':<7} {'K':>3} {'single runs/h':>14} {'population runs/h':>18} {'ratio':>6} "
+          f"{'max |dloss|':>12} {'padding':>8}")
     for preset in args.presets.split(","):
         spec = at.solve(at.ModelSpec.from_name(preset), args.taper)
         warm = [TrainConfig(steps=2, batch_size=args.batch_size, seed=99, eval_every=2)]
         train(spec, data, warm[0], quiet=True), train_population(spec, data, warm)  # first-call costs apart
-        for k in (int(x) for x in args.k.split(",")):
-            configs = [TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=s, eval_every=args.steps)
-                       for s in range(k)]
-            t0 = time.perf_counter()
-            single = [train(spec, data, c, quiet=True) for c in configs]
-            t1 = time.perf_counter()
-            pop = train_population(spec, data, configs)
-            t2 = time.perf_counter()
-            diff = max(abs(a.val_loss - b.val_loss) for a, b in zip(pop, single))
-            s_rate, p_rate = k * 3600 / (t1 - t0), k * 3600 / (t2 - t1)
-            print(f"{preset:<9} {k:>3} {s_rate:>14.0f} {p_rate:>18.0f} {p_rate / s_rate:>6.2f} {diff:>12.2e}",
-                  flush=True)
-
+        for kind in ("seeds", "tapers"):
+            for k in (int(x) for x in args.k.split(",")):
+                if kind == "seeds":
+                    specs = [spec] * k
+                    seeds = range(k)
+                else:
+                    strengths = [-0.5 + 1.25 * i / max(k - 1, 1) for i in range(k)]
+                    specs = [at.solve(spec.uniform(), f"ffn:cosine:{1 + x:.3f}:{1 - x:.3f}") for x in strengths]
+                    seeds = [0] * k
+                configs = [TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=s, eval_every=args.steps)
+                           for s in seeds]
+                t0 = time.perf_counter()
+                single = [train(sp, data, c, quiet=True) for sp, c in zip(specs, configs)]
+                t1 = time.perf_counter()
+                pop = train_population(specs, data, configs)
+                t2 = time.perf_counter()
+                diff = max(abs(a.val_loss - b.val_loss) for a, b in zip(pop, single))
+                s_rate, p_rate = k * 3600 / (t1 - t0), k * 3600 / (t2 - t1)
+                print(f"{preset:<9} {kind:<7} {k:>3} {s_rate:>14.0f} {p_rate:>18.0f} {p_rate / s_rate:>6.2f} "
+                      f"{diff:>12.2e} {padding_waste(specs):>8.1%}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -70,7 +70,7 @@ def test_a_diverging_member_stops_alone_and_the_others_train_on_unchanged(data):
 def test_settings_members_cannot_share_are_refused_naming_the_field():
     with pytest.raises(InputError, match="member 1 lr 0.001 differs from member 0's 0.003"):
         check_population([TrainConfig(seed=0), TrainConfig(seed=1, lr=1e-3)])
-    with pytest.raises(InputError, match=r"seeds must differ, got \[3, 3\]"):
+    with pytest.raises(InputError, match=r"repeats a spec and seed \(seeds \[3, 3\]\)"):
         check_population([TrainConfig(seed=3), TrainConfig(seed=3)])
     with pytest.raises(InputError, match="at least one member"):
         check_population([])
@@ -89,3 +89,52 @@ def test_a_population_on_cuda_equals_its_members_trained_one_by_one(data):
         alone = train(spec, data, config, quiet=True)
         assert member.device.startswith("cuda") and member.val_loss == pytest.approx(alone.val_loss,
                                                                                      abs=FP32_TOLERANCE)
+
+
+def test_candidates_of_different_mlp_widths_share_a_population_exactly(data):
+    """Candidates x seeds (the paired design) in one population: each member equals its single
+    run, and every padded weight is still exactly zero after training."""
+    import torch
+
+    base = at.ModelSpec.from_name("tiny")
+    tapers = ["uniform", "ffn:cosine:1.5:0.5", "ffn:linear:0.6:1.4"]
+    specs = [at.solve(base, t) for t in tapers for _ in (0, 1)]
+    configs = [c for _ in tapers for c in _configs([0, 1])]
+    seen: dict = {}
+    pop = train_population(specs, data, configs, inspect=seen)
+    for member, spec, config in zip(pop, specs, configs):
+        alone = train(spec, data, config, quiet=True)
+        assert member.params == alone.params and member.data_fingerprint == alone.data_fingerprint
+        assert member.val_loss == pytest.approx(alone.val_loss, abs=FP32_TOLERANCE)
+    assert seen["masks"], "the widths differ: some weights are padding"
+    for name, mask in seen["masks"].items():
+        padded = seen["params"][name][mask == 0]
+        assert padded.numel() > 0 and torch.count_nonzero(padded) == 0, name
+    uniform, cosine = pop[0], pop[2]  # seed 0 of each: paired, so they differ by the taper alone
+    assert uniform.data_fingerprint == cosine.data_fingerprint and uniform.val_loss != cosine.val_loss
+
+
+def test_padding_waste_and_greedy_grouping_by_width():
+    from autotaper.train.population import group_by_width, padding_waste
+
+    base = at.ModelSpec.from_name("proxy-xs")
+    specs = [at.solve(base, f"ffn:cosine:{1 + s:.2f}:{1 - s:.2f}") for s in (0.6, -0.6, 0.5, -0.5, 0.0, 0.1)]
+    assert padding_waste([specs[0]] * 3) == 0.0
+    groups = group_by_width(specs, 2)
+    assert sorted(i for g in groups for i in g) == list(range(6)) and all(len(g) == 2 for g in groups)
+    grouped = sum(padding_waste([specs[i] for i in g]) for g in groups)
+    in_order = sum(padding_waste(specs[i:i + 2]) for i in range(0, 6, 2))
+    assert grouped < in_order  # similar widths together pad less than the order given
+    with pytest.raises(InputError, match="population size must be >= 1, got 0"):
+        group_by_width(specs, 0)
+
+
+def test_members_that_differ_in_more_than_mlp_widths_are_refused():
+    base = at.ModelSpec.from_name("tiny")
+    with pytest.raises(InputError, match="member 1 spec layer_heads"):
+        check_population(_configs([0, 1]), [at.solve(base, "ffn:cosine:1.5:0.5"),
+                                            at.solve(base, "heads:linear:1.5:0.5")])
+    with pytest.raises(InputError, match="repeats a spec and seed"):
+        check_population(_configs([0, 0]), [base, base])
+    with pytest.raises(InputError, match="2 specs for 3 configs"):
+        check_population(_configs([0, 1, 2]), [base, base])

@@ -1,8 +1,13 @@
-"""A population: K runs of one spec trained in lockstep in one process, batched per layer.
+"""A population: K runs trained in lockstep in one process, batched per layer.
 
-The K members differ only in their seed: each has its own initial weights (`build_model(spec,
-seed=...)`, as a single run), its own batches (`sample_batch(..., seed=...)`), its own
-gradient clipping, divergence check and evaluation. Their weights are stacked along a leading
+Members are (spec, seed) pairs: seeds of one spec, candidates of one family and depth that
+differ in their MLP widths, or both (candidates x seeds, the paired design). Each has its own
+initial weights (`build_model(spec, seed=...)`, as a single run), its own batches
+(`sample_batch(..., seed=...)`), its own gradient clipping, divergence check and evaluation.
+Members of different MLP widths are padded to each layer's widest member: the padded units'
+weights start at zero, so they add nothing to the forward pass, receive exactly zero gradient
+(their gate and up rows see a zero down column, their down column a zero activation), and Adam
+leaves them at zero; the gradients are also masked, so this holds whatever the family. Their weights are stacked along a leading
 population dimension (`torch.func.stack_module_state`) and the forward pass runs once for all of
 them (`torch.func.vmap` over `functional_call`), so every matmul is one batched matmul of K
 members instead of K small ones. One AdamW holds the stacked weights: its update is elementwise,
@@ -15,13 +20,14 @@ order than a single one. `tests/test_population.py` states the tolerance and che
 that diverges stops: its result is recorded at the step it went bad, its loss no longer enters
 the backward pass, and the other members train on unchanged.
 
-Equal shapes only, so far: members of different widths (padding to the widest, masked) are not
-built yet, nor is a search or ladder scheduling populations.
+Not built yet: members that differ in heads or residual width (padding those is not exact
+without masking inside attention and the norms), width-aware parametrizations whose per-layer
+multipliers differ between members (one optimizer group per layer cannot hold them), and a
+search or ladder that schedules populations.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import time
@@ -46,16 +52,33 @@ PER_MEMBER = ("seed",)
 MAX_MEMBERS = 256
 
 
-def check_population(configs: Sequence[TrainConfig]) -> None:
-    """Refuse a population its members cannot share: none, too many, a repeated seed, or
-    members that differ in anything but their seed."""
+# The ModelSpec fields members may differ in (with the taper text that made them).
+PER_MEMBER_SPEC = ("taper", "layer_ffn")
+
+
+def check_population(configs: Sequence[TrainConfig], specs: Sequence[ModelSpec] | None = None) -> None:
+    """Refuse a population its members cannot share: none, too many, a member repeated (the
+    same spec and seed), configs that differ in anything but their seed, or specs that differ
+    in anything but their MLP widths."""
     if not configs:
         raise InputError("population: needs at least one member")
     if len(configs) > MAX_MEMBERS:
         raise InputError(f"population: {len(configs)} members, over the {MAX_MEMBERS} one process trains")
-    seeds = [c.seed for c in configs]
-    if len(set(seeds)) != len(seeds):
-        raise InputError(f"population: seeds must differ, got {seeds}")
+    specs = list(specs) if specs is not None else None
+    if specs is not None and len(specs) != len(configs):
+        raise InputError(f"population: {len(specs)} specs for {len(configs)} configs (one each, or one spec)")
+    keys = [(s.to_json() if specs is not None else None, c.seed) for s, c in zip(specs or [None] * len(configs),
+                                                                                 configs)]
+    if len(set(keys)) != len(keys):
+        raise InputError(f"population: a member repeats a spec and seed (seeds {[c.seed for c in configs]})")
+    if specs is not None:
+        shared = {k: v for k, v in specs[0].to_dict().items() if k not in PER_MEMBER_SPEC}
+        for i, spec in enumerate(specs[1:], 1):
+            other = {k: v for k, v in spec.to_dict().items() if k not in PER_MEMBER_SPEC}
+            for key in shared:
+                if other.get(key) != shared[key]:
+                    raise InputError(f"population: member {i} spec {key} {other.get(key)!r} differs from member "
+                                     f"0's {shared[key]!r} (members' specs may differ only in their MLP widths)")
     first = {k: v for k, v in configs[0].to_dict().items() if k not in PER_MEMBER}
     for i, c in enumerate(configs[1:], 1):
         other = {k: v for k, v in c.to_dict().items() if k not in PER_MEMBER}
@@ -81,32 +104,85 @@ def _clip_per_member(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor
     return norms
 
 
-def train_population(spec: ModelSpec, data: TokenData, configs: Sequence[TrainConfig]) -> list[TrainResult]:
-    """Train one run of `spec` per config (configs differ only in seed), all at once; one
-    `TrainResult` per member, in order, as `train` returns for a single run (no checkpoints,
-    no callbacks)."""
-    from torch.func import functional_call, stack_module_state, vmap
+def padding_waste(specs: Sequence[ModelSpec]) -> float:
+    """The share of a population's weights that is padding: 1 - the members' parameters over
+    K times the padded template's (0 for members of one shape)."""
+    from autotaper.cost import count
+
+    specs = list(specs)
+    template = _template(specs)
+    return 1.0 - sum(count(s).params for s in specs) / (len(specs) * count(template).params)
+
+
+def group_by_width(specs: Sequence[ModelSpec], size: int) -> list[list[int]]:
+    """Indices of `specs` in populations of at most `size`, greedily: sorted by total MLP width
+    and cut in order, so members of a population have similar widths and pad little."""
+    if size < 1:
+        raise InputError(f"population size must be >= 1, got {size!r}")
+    order = sorted(range(len(specs)), key=lambda i: (sum(specs[i].layer_ffn), specs[i].layer_ffn))
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def _template(specs: Sequence[ModelSpec]) -> ModelSpec:
+    """The spec every member fits in: each layer's widest MLP."""
+    import dataclasses
+
+    widest = tuple(max(widths) for widths in zip(*(s.layer_ffn for s in specs)))
+    return dataclasses.replace(specs[0], layer_ffn=widest, taper="population")
+
+
+def train_population(spec: ModelSpec | Sequence[ModelSpec], data: TokenData,
+                     configs: Sequence[TrainConfig], *, inspect: dict | None = None) -> list[TrainResult]:
+    """Train one run per member, all at once: `spec` is one spec for every member or one per
+    member (differing only in MLP widths), and `configs` one per member (differing only in
+    seed). One `TrainResult` per member, in order, as `train` returns for a single run (no
+    checkpoints, no callbacks). `inspect`, a dict, receives the stacked weights ("params") and
+    the padding masks ("masks", 1 where a member's own weights are) as they end."""
+    from torch.func import functional_call, vmap
+
+    from autotaper.families import get_family
+    from autotaper.models.rules import rules
 
     configs = list(configs)
-    check_population(configs)
+    specs = [spec] * len(configs) if isinstance(spec, ModelSpec) else list(spec)
+    check_population(configs, specs)
     config = configs[0]
     K = len(configs)
-    data.check(vocab_size=spec.vocab_size, context_length=spec.context_length)
+    data.check(vocab_size=specs[0].vocab_size, context_length=specs[0].context_length)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    T, B = spec.context_length, config.batch_size
+    T, B = specs[0].context_length, config.batch_size
 
-    members = [build_model(spec, seed=c.seed).to(device) for c in configs]
-    params, buffers = stack_module_state(members)
-    template = copy.deepcopy(members[0]).to("meta")
-    params = {name: torch.nn.Parameter(t) for name, t in params.items()}
-    optimizer = _optimizer(members[0], config, device, spec, stacked=params)  # grouped as one member's
+    members = [build_model(s, seed=c.seed).to(device) for s, c in zip(specs, configs)]
+    multipliers = [{n: (r.lr, r.eps, r.weight_decay) for n, r in rules(m, s).items()} for m, s in zip(members, specs)]
+    for i, found in enumerate(multipliers[1:], 1):
+        if found != multipliers[0]:
+            raise InputError(f"population: member {i}'s {specs[i].parametrization} multipliers differ from member "
+                             f"0's (widths set them): train these apart")
+    tspec = _template(specs)
+    with torch.device("meta"):
+        template = get_family(tspec.family).build(tspec)
+    shapes = {n: p.shape for n, p in template.named_parameters()}
+    params, masks = {}, {}
+    for name, shape in shapes.items():
+        stack = torch.zeros((K, *shape), device=device)
+        mask = torch.zeros((K, *shape), device=device)
+        for k, m in enumerate(members):
+            own = m.get_parameter(name)
+            region = (k, *(slice(0, n) for n in own.shape))
+            stack[region] = own.detach()
+            mask[region] = 1
+        params[name] = torch.nn.Parameter(stack)
+        if not bool(mask.all()):
+            masks[name] = mask
+    buffers = {n: torch.stack([m.get_buffer(n) for m in members]) for n, _ in template.named_buffers()}
+    optimizer = _optimizer(members[0], config, device, specs[0], stacked=params)  # grouped as one member's
 
     def forward(p, b, x):
         return functional_call(template, (p, b), (x,))
 
     batched = vmap(forward, in_dims=(0, 0, 0))
-    limit = config.diverge_loss or 2 * math.log(spec.vocab_size)
+    limit = config.diverge_loss or 2 * math.log(specs[0].vocab_size)
     windows = val_windows(data.val, n=config.eval_batches * B, context_length=T)
     alive = torch.ones(K, dtype=torch.bool)
     fingerprints = [hashlib.sha256(b"autotaper").hexdigest() for _ in configs]
@@ -120,7 +196,7 @@ def train_population(spec: ModelSpec, data: TokenData, configs: Sequence[TrainCo
                 if not alive[k]:
                     continue
                 for name, p in members[k].named_parameters():
-                    p.copy_(params[name][k])
+                    p.copy_(params[name][(k, *(slice(0, n) for n in p.shape))])
                 row = {"step": step, **evaluate(members[k], windows, token_bytes=data.token_bytes, batch_size=B,
                                                 precision=precision, device=device)}
                 histories[k].append(row)
@@ -140,6 +216,8 @@ def train_population(spec: ModelSpec, data: TokenData, configs: Sequence[TrainCo
         losses = F.cross_entropy(logits.float().flatten(1, 2).transpose(1, 2), chunk[:, :, 1:].flatten(1),
                                  reduction="none").mean(1)  # (K,)
         torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
+        for name, mask in masks.items():  # padding gets no gradient, whatever the family
+            params[name].grad.mul_(mask)
         grads = [p.grad for p in params.values()]
         norms = _clip_per_member(grads, config.grad_clip or float("inf"))
         bad = (~torch.isfinite(losses.detach()) | ~torch.isfinite(norms) | (losses.detach() > limit)) & alive
@@ -169,9 +247,11 @@ def train_population(spec: ModelSpec, data: TokenData, configs: Sequence[TrainCo
         if done % config.eval_interval == 0 or done == config.steps:
             run_eval(done)
 
-    cost = count(spec)
+    if inspect is not None:
+        inspect.update(params={n: p.detach() for n, p in params.items()}, masks=masks)
     results = []
     for k, c in enumerate(configs):
+        cost = count(specs[k])
         end = ended[k]
         steps = end["step"] if end else config.steps
         final = ({"val_loss": float("nan"), "val_ppl": float("nan"), "val_bpb": None} if end
@@ -185,8 +265,9 @@ def train_population(spec: ModelSpec, data: TokenData, configs: Sequence[TrainCo
             data_fingerprint=fingerprints[k][:32], precision=precision, device=str(device), world_size=1,
             params=cost.params, flops_per_token=cost.flops_per_token,
             achieved_flops_per_s=(3 * cost.flops_per_token * tokens / train_time if train_time > 0 else 0.0),
-            parametrization=spec.parametrization, corpus=_corpus_summary(data), history=histories[k]))
+            parametrization=specs[k].parametrization, corpus=_corpus_summary(data), history=histories[k]))
     return results
 
 
-__all__ = ["PER_MEMBER", "check_population", "train_population"]
+__all__ = ["PER_MEMBER", "PER_MEMBER_SPEC", "check_population", "group_by_width", "padding_waste",
+           "train_population"]
