@@ -78,6 +78,8 @@ class PairedEvaluator:
         self.key = metric_key(data)
         self.quiet, self.out_dir = quiet, out_dir
         self.trained = 0  # runs trained by this evaluator (cache hits excluded)
+        self.population = 1  # > 1: `compare` trains the missing runs in populations of up to this many
+        self._prefetched: set[str] = set()  # store keys `_prefetch` trained (reported as trained, not stored)
 
     def _train(self, spec: ModelSpec, seed: int, overrides: Mapping[str, Any], callbacks: Iterable = ()) -> dict:
         from autotaper.train import train
@@ -89,11 +91,55 @@ class PairedEvaluator:
         r = train(spec, self.data, self.config(seed, overrides), callbacks=list(callbacks), quiet=self.quiet,
                   out_dir=out)
         self.trained += 1
+        return self._entry(r, time.perf_counter() - t0)
+
+    def _entry(self, r, wall_s: float) -> dict:
+        """A run's stored record, from its TrainResult."""
         values = r.to_dict()
         return {"value": values[self.key], "curve": {str(h["step"]): h[self.key] for h in r.history},
                 "tokens_per_s": r.tokens_per_s, "train_time_s": r.train_time_s,
-                "train_wall_s": time.perf_counter() - t0, "fingerprint": r.data_fingerprint, "steps": r.steps,
+                "train_wall_s": wall_s, "fingerprint": r.data_fingerprint, "steps": r.steps,
                 "status": r.status, "reason": r.reason, "device": r.device, "precision": r.precision}
+
+    def prefetch(self, specs: Iterable[ModelSpec], seeds: Iterable[int], *, train: Mapping[str, Any] | None = None) -> None:
+        """Train the runs `compare` will need and the store lacks, uniform's too, in populations of
+        up to `self.population` members (`autotaper.train.population`): members of one shape but
+        their MLP widths, grouped by width. Complete runs are stored under their usual keys; the
+        rest (and groups a population cannot hold) are left to `run`, which trains them one by one."""
+        from autotaper.train.population import group_by_width, train_population
+
+        if self.out_dir:  # a population keeps no run folders
+            return
+        overrides = {**self.train, **(train or {})}
+        wanted: dict[str, tuple[ModelSpec, int, dict]] = {}  # store key -> spec, seed, training overrides
+        for seed in seeds:
+            if self.store.get(self.baseline_key(seed)) is None:
+                wanted[self.baseline_key(seed)] = (self.base, seed, dict(self.train))
+            for spec in specs:
+                name = RUN_KEY.format(key=spec_key(spec, overrides), seed=seed)
+                if spec_key(spec, overrides) != spec_key(self.base, self.train) and self.store.get(name) is None:
+                    wanted[name] = (spec, seed, overrides)
+        groups: dict[str, list[str]] = {}  # one shape but the MLP widths, one training recipe
+        for name, (spec, _, ov) in wanted.items():
+            shape = {k: v for k, v in spec.to_dict().items() if k not in ("taper", "layer_ffn")}
+            groups.setdefault(json.dumps([shape, ov], sort_keys=True), []).append(name)
+        for names in groups.values():
+            for group in group_by_width([wanted[n][0] for n in names], self.population):
+                members = [names[i] for i in group]
+                if len(members) < 2:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    results = train_population([wanted[n][0] for n in members], self.data,
+                                               [self.config(wanted[n][1], wanted[n][2]) for n in members])
+                except InputError:
+                    continue  # e.g. width-aware multipliers that differ between members: one by one
+                wall = (time.perf_counter() - t0) / len(members)
+                for name, r in zip(members, results):
+                    if r.status == "complete" and r.val_loss is not None:
+                        self.store.setdefault(name, self._entry(r, wall))
+                        self._prefetched.add(name)
+                        self.trained += 1
 
     def baseline(self, seed: int) -> dict:
         """The uniform baseline on `seed`, trained once and kept in the store."""
@@ -123,7 +169,7 @@ class PairedEvaluator:
             return SeedRun(seed, "complete", base["value"], base["value"], base, cached=True)
         name = RUN_KEY.format(key=spec_key(spec, overrides), seed=seed)
         entry = self.store.get(name)
-        cached = entry is not None
+        cached = entry is not None and name not in self._prefetched
         if entry is None:
             entry = self._train(spec, seed, overrides, callbacks)
         if entry["status"] == "diverged":
@@ -140,6 +186,9 @@ class PairedEvaluator:
                 on_run: Callable[[str, SeedRun], None] | None = None) -> dict[str, "Comparison"]:
         """Every spec on every seed (seed-major, so an interrupted call leaves whole seeds)."""
         out = {name: Comparison(name, spec) for name, spec in specs.items()}
+        seeds = list(seeds)
+        if self.population > 1:
+            self.prefetch(specs.values(), seeds)
         for seed in seeds:
             for name, spec in specs.items():
                 r = self.run(spec, seed)

@@ -138,3 +138,54 @@ def test_members_that_differ_in_more_than_mlp_widths_are_refused():
         check_population(_configs([0, 0]), [base, base])
     with pytest.raises(InputError, match="2 specs for 3 configs"):
         check_population(_configs([0, 1, 2]), [base, base])
+
+
+def test_a_search_trains_in_populations_with_the_same_numbers(tmp_path):
+    """`search.population`: the racing seeds' baselines, each candidate's first seeds and the
+    confirmation's candidates x fresh seeds (uniform's too) train as populations; every run
+    lands under its usual key, and the trials' and the confirmation's per-seed deltas equal
+    those of one-at-a-time training within the tolerance."""
+    import optuna
+
+    from autotaper.search import parse_space, run_search
+    from autotaper.search.storage import open_storage
+    from tests.helpers import micro_space
+
+    corpus = str(write_corpus(tmp_path / "corpus"))
+    out = {}
+    for population in (1, 4):
+        space = parse_space(micro_space(corpus, name="conf", search={
+            "n_trials": 3, "sampler": "random", "seed": 0, "population": population,
+            "confirm": {"top_k": 1, "seeds": 2}}))
+        storage = f"sqlite:///{tmp_path}/p{population}.db"
+        run_search(space, storage=storage, quiet=True)
+        study = optuna.load_study(study_name="conf", storage=open_storage(storage))
+        fresh = [v["train_time_s"] for k, v in study.user_attrs.items() if k.startswith(("run/", "baseline/"))]
+        trials = [(t.user_attrs.get("taper"), t.user_attrs.get("seed_deltas")) for t in study.trials]
+        out[population] = (study.user_attrs["confirmation"],
+                           sorted(k for k in study.user_attrs if k.startswith(("run/", "baseline/"))), fresh, trials)
+    (one, keys_one, times_one, trials_one), (four, keys_four, times_four, trials_four) = out[1], out[4]
+    assert [t for t, _ in trials_one] == [t for t, _ in trials_four]
+    for (_, a), (_, b) in zip(trials_one, trials_four):
+        assert (a is None and b is None) or a == pytest.approx(b, abs=FP32_TOLERANCE)
+    # one at a time, every run has its own training time; a population's members share theirs
+    assert len(set(times_one)) == len(times_one) and len(set(times_four)) < len(times_four)
+    assert keys_one == keys_four  # the same runs, stored under the same keys
+    assert [c["taper"] for c in one["candidates"]] == [c["taper"] for c in four["candidates"]]
+    for a, b in zip(one["candidates"], four["candidates"]):
+        assert a["deltas"] == pytest.approx(b["deltas"], abs=FP32_TOLERANCE)
+    assert one["winner"] == four["winner"]
+
+
+def test_a_bad_population_setting_is_refused_with_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "autotaper", "confirm", "--study", "x", "--population", "0"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "--population" in proc.stderr and "0" in proc.stderr
+    from autotaper.search import parse_space
+    from tests.helpers import micro_space
+
+    with pytest.raises(InputError, match="search.population: must be an integer from 1 to 256, got 300"):
+        parse_space(micro_space("corpus", search={"population": 300}))

@@ -148,7 +148,7 @@ def cmd_confirm(args) -> int:
 
     out = confirm(storage=args.storage, study_name=args.study, top_k=args.top_k, seeds=args.seeds,
                   quiet=args.quiet, steps=args.steps, tokens_per_param=args.tokens_per_param,
-                  decompose=not args.no_decompose)
+                  decompose=not args.no_decompose, population=args.population)
     if args.json:
         print(json.dumps(out.to_dict()))
     else:
@@ -318,6 +318,9 @@ def add_commands(sub) -> None:
     p.add_argument("--tokens-per-param", type=_bounded(float, 0, 1e6, low_open=True), help="or this many tokens per uniform parameter")
     p.add_argument("--no-decompose", action="store_true", help="do not retrain the verdict's taper under the "
                    "other parametrization (sp <-> mup)")
+    p.add_argument("--population", type=_bounded(int, 1, 256), default=1,
+                   help="train up to this many runs at once in one process (candidates x fresh seeds, grouped by "
+                   "MLP width; autotaper.train.population); 1: one at a time")
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_confirm)

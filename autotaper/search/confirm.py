@@ -73,13 +73,15 @@ def pick(study, top_k: int, *, exclude: set[str] = frozenset()) -> list:
 def confirm_study(study, space: BaseSpace, data, *, top_k: int = Confirm.top_k, seeds: int = Confirm.seeds,
                   quiet: bool = True,
                   extra: Sequence[str] = (), decompose: bool = False, steps: int | None = None,
-                  tokens_per_param: float | None = None) -> dict:
+                  tokens_per_param: float | None = None, population: int | None = None) -> dict:
     """Confirm a study's best tapers on fresh seeds; the result is stored in the study.
     `extra`: more tapers (text) to confirm beside them, e.g. a ladder's shared probe set;
     each keeps its text as its name, and Holm's correction counts it. `decompose`: also train
     the verdict's taper under the other parametrization on the same seeds (`decomposition`).
     `steps` or `tokens_per_param`: every confirmation run (uniform's too) trains that long
-    instead of the proxy's steps, so the verdict is measured nearer the target's regime."""
+    instead of the proxy's steps, so the verdict is measured nearer the target's regime.
+    `population`: train up to that many runs at once (`autotaper.train.population`; default
+    the space's search.population)."""
     from autotaper.budget import solve, solve_report
     from autotaper.cost import count
     from autotaper.paired import spec_key
@@ -94,6 +96,10 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = Confirm.top_k, 
     run_steps = rule.run_steps(space.proxy, count(ev.base).params, ev.base.context_length)
     if run_steps != space.proxy.steps:  # its own uniform runs and keys: a longer run is another run
         ev = make_evaluator(space, data, StudyStore(study), train={"steps": run_steps})
+    if population is not None:
+        if isinstance(population, bool) or not isinstance(population, int) or not 1 <= population <= 256:
+            raise InputError(f"confirm: population must be an integer from 1 to 256, got {population!r}")
+        ev.population = population
     try:
         paper = solve_report(ev.base, PAPER_DEFAULT, constraint=space.proxy.constraint,
                              tolerance=space.proxy.tolerance).spec
@@ -258,7 +264,7 @@ def confirmed_verdict(conf: dict) -> dict:
 
 def confirm(*, storage: str | None = None, study_name: str, top_k: int = Confirm.top_k, seeds: int = Confirm.seeds,
             quiet: bool = False, steps: int | None = None, tokens_per_param: float | None = None,
-            decompose: bool = Confirm.decompose) -> Confirmation:
+            decompose: bool = Confirm.decompose, population: int = 1) -> Confirmation:
     """`autotaper confirm --study X`: confirm any existing study's best tapers on fresh seeds."""
     from autotaper.search.study import check_corpus, load_study
 
@@ -270,4 +276,5 @@ def confirm(*, storage: str | None = None, study_name: str, top_k: int = Confirm
     data = space.proxy.load_data()
     check_corpus(study, data)
     return Confirmation.from_dict(confirm_study(study, space, data, top_k=top_k, seeds=seeds, quiet=quiet,
-                                                steps=steps, tokens_per_param=tokens_per_param, decompose=decompose))
+                                                steps=steps, tokens_per_param=tokens_per_param, decompose=decompose,
+                                                population=population))

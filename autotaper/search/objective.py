@@ -151,14 +151,19 @@ class MemoryStore(dict):
 
 def make_evaluator(space: BaseSpace, data, store: MutableMapping, *, quiet: bool = True,
                    train: dict | None = None) -> PairedEvaluator:
-    return PairedEvaluator(baseline_spec(space, data), data, lambda seed, o: train_config(space, seed, o),
-                           store=store, quiet=quiet, train=train)
+    ev = PairedEvaluator(baseline_spec(space, data), data, lambda seed, o: train_config(space, seed, o),
+                         store=store, quiet=quiet, train=train)
+    ev.population = space.settings.population
+    return ev
 
 
 def ensure_baselines(study, space: BaseSpace, data, *, quiet: bool = True, seeds=None) -> dict[int, dict]:
     """The uniform baseline on each of `seeds` (default the first `seeds.min`), trained once per study."""
     ev = make_evaluator(space, data, StudyStore(study), quiet=quiet)
-    return {seed: ev.baseline(seed) for seed in (range(space.proxy.seeds) if seeds is None else seeds)}
+    seeds = list(range(space.proxy.seeds) if seeds is None else seeds)
+    if ev.population > 1:
+        ev.prefetch([], seeds)  # every missing baseline in one population
+    return {seed: ev.baseline(seed) for seed in seeds}
 
 
 @dataclass
@@ -273,6 +278,8 @@ class TaperObjective:
         ev = make_evaluator(self.space, self.data, self.store)
         out = Outcome("complete")
         wilcoxon = self.space.settings.pruner == "wilcoxon"
+        if ev.population > 1 and not self.pruning:  # no pruning: the first seeds.min seeds train as one population
+            ev.prefetch([prep.spec], range(p.seeds), train=prep.train)
         baselines: list[float] = []
         for i in range(p.max_seeds):
             if p.racing:
