@@ -187,5 +187,29 @@ def test_a_bad_population_setting_is_refused_with_exit_2(tmp_path):
     from autotaper.search import parse_space
     from tests.helpers import micro_space
 
-    with pytest.raises(InputError, match="search.population: must be an integer from 1 to 256, got 300"):
-        parse_space(micro_space("corpus", search={"population": 300}))
+    for bad in (300, 0, "autox", True, 2.5):
+        with pytest.raises(InputError, match=f"search.population: must be an integer from 1 to 256 or auto, "
+                                             f"got {bad!r}"):
+            parse_space(micro_space("corpus", search={"population": bad}))
+
+
+def test_population_auto_is_one_on_a_cpu_and_fits_the_gpu_on_cuda(tmp_path):
+    """`search.population: auto`: 1 on a CPU (a population is no faster on proxy-xs there); on
+    CUDA as many members as the memory estimate fits, at most AUTO_MAX."""
+    import torch
+
+    from autotaper.data import load_data
+    from autotaper.search import parse_space
+    from autotaper.search.objective import make_evaluator
+    from autotaper.train.population import AUTO_MAX, auto_size
+    from tests.helpers import micro_space
+
+    corpus = str(write_corpus(tmp_path / "corpus"))
+    space = parse_space(micro_space(corpus, search={"population": "auto"}))
+    ev = make_evaluator(space, load_data(corpus), {})
+    spec = at.ModelSpec.from_name("proxy-xs")
+    assert auto_size(spec, 16, device="cpu") == 1
+    if torch.cuda.is_available():
+        assert ev.population == auto_size(ev.base, 8) and 1 <= auto_size(spec, 16) <= AUTO_MAX
+    else:
+        assert ev.population == 1

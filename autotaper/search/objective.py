@@ -154,6 +154,10 @@ def make_evaluator(space: BaseSpace, data, store: MutableMapping, *, quiet: bool
     ev = PairedEvaluator(baseline_spec(space, data), data, lambda seed, o: train_config(space, seed, o),
                          store=store, quiet=quiet, train=train)
     ev.population = space.settings.population
+    if ev.population == "auto":
+        from autotaper.train.population import auto_size
+
+        ev.population = auto_size(ev.base, space.proxy.batch_size, precision=space.proxy.precision)
     return ev
 
 

@@ -258,13 +258,15 @@ class Settings:
     stop_after_failures: int = 5
     # runs trained at once in one process (`autotaper.train.population`): the baselines of the
     # racing seeds, a candidate's first seeds (without pruning), the confirmation's candidates x
-    # fresh seeds, grouped by MLP width; 1 trains one run at a time
-    population: int = 1
+    # fresh seeds, grouped by MLP width; 1 trains one run at a time, auto sizes it from the
+    # device (`population.auto_size`: 1 on a CPU)
+    population: int | str = 1
 
     def problems(self) -> list[str]:
         out = []
-        if isinstance(self.population, bool) or not isinstance(self.population, int) or not 1 <= self.population <= 256:
-            out.append(f"search.population: must be an integer from 1 to 256, got {self.population!r}")
+        if self.population != "auto" and (isinstance(self.population, bool) or not isinstance(self.population, int)
+                                          or not 1 <= self.population <= 256):
+            out.append(f"search.population: must be an integer from 1 to 256 or auto, got {self.population!r}")
         if not _one_of(self.sampler, SAMPLERS):
             out.append(f"search.sampler: unknown sampler {self.sampler!r}{did_you_mean(self.sampler, SAMPLERS)} "
                        f"(known: {', '.join(SAMPLERS)})")

@@ -104,6 +104,24 @@ def _clip_per_member(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor
     return norms
 
 
+AUTO_MAX = 16  # members `auto` puts in one population on a GPU, at most
+
+
+def auto_size(spec: ModelSpec, batch_size: int, *, precision: str = "auto", device: str = "auto") -> int:
+    """The population size `population: auto` trains: on CUDA, as many members as fit 90% of
+    the GPU's memory by the training-memory estimate (each member's weights, gradients, AdamW
+    state and activations; one CUDA context for all), at most AUTO_MAX; on a CPU 1, since one
+    proxy-xs run already keeps 2 cores busy (benchmarks/RESULTS.md, Populations)."""
+    from autotaper.memory import CUDA_CONTEXT_BYTES, available_bytes, training_bytes
+
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return 1
+    per_member = training_bytes(spec, batch_size, "fp32" if precision == "fp32" else "bf16") - CUDA_CONTEXT_BYTES  # cuda only
+    room = 0.9 * available_bytes(str(dev)) - CUDA_CONTEXT_BYTES  # cuda only
+    return max(1, min(AUTO_MAX, int(room // per_member)))  # cuda only
+
+
 def padding_waste(specs: Sequence[ModelSpec]) -> float:
     """The share of a population's weights that is padding: 1 - the members' parameters over
     K times the padded template's (0 for members of one shape)."""
@@ -269,5 +287,5 @@ def train_population(spec: ModelSpec | Sequence[ModelSpec], data: TokenData,
     return results
 
 
-__all__ = ["PER_MEMBER", "PER_MEMBER_SPEC", "check_population", "group_by_width", "padding_waste",
-           "train_population"]
+__all__ = ["AUTO_MAX", "PER_MEMBER", "PER_MEMBER_SPEC", "auto_size", "check_population", "group_by_width",
+           "padding_waste", "train_population"]
