@@ -24,19 +24,17 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 import torch.nn as nn
 
 import autotaper as at
-from autotaper.errors import InputError
-from autotaper.families import Llama
+from autotaper.families import Llama as LlamaFamily
 from autotaper.models._layers import add_to_stream
-from autotaper.models.llama import Attention, RMSNorm, SwiGLU, rope_tables
-from autotaper.parametrization import logit_scale, residual_scale
+from autotaper.models.llama import Attention, Llama, RMSNorm, SwiGLU
+from autotaper.parametrization import residual_scale
 from autotaper.search import FunctionSpace, Proxy, Settings, run_search
 
 
-class ParallelFamily(Llama):
+class ParallelFamily(LlamaFamily):
     """Llama's weights (RMSNorm, SwiGLU, RoPE, no biases) with one norm per layer."""
 
     name = "parallel"
@@ -49,12 +47,12 @@ class ParallelFamily(Llama):
 
 
 class ParallelBlock(nn.Module):
-    def __init__(self, spec, i: int):
+    def __init__(self, spec, i: int, gated: bool = False):
         super().__init__()
         self.d = d = spec.layer_d_model[i]  # the first d channels of the residual stream
         self.residual_scale = residual_scale(spec)
         self.norm = RMSNorm(d, spec.norm_eps)
-        self.attn = Attention(d, spec.layer_heads[i], spec.layer_kv_heads[i], spec.head_dim, gated=False)
+        self.attn = Attention(d, spec.layer_heads[i], spec.layer_kv_heads[i], spec.head_dim, gated)
         self.mlp = SwiGLU(d, spec.layer_ffn[i])
 
     def forward(self, x, cos, sin):
@@ -62,28 +60,10 @@ class ParallelBlock(nn.Module):
         return add_to_stream(x, self.attn(h, cos, sin) + self.mlp(h), self.residual_scale)
 
 
-class ParallelLM(nn.Module):
-    def __init__(self, spec):
-        super().__init__()
-        self.spec, self.logit_scale = spec, logit_scale(spec)
-        self.embed = nn.Embedding(spec.vocab_size, spec.d_stream)
-        self.layers = nn.ModuleList(ParallelBlock(spec, i) for i in range(spec.n_layers))
-        self.norm = RMSNorm(spec.d_stream, spec.norm_eps)
-        self.lm_head = nn.Linear(spec.d_stream, spec.vocab_size, bias=False)
-        if spec.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
-        cos, sin = rope_tables(spec.head_dim, spec.context_length, spec.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+class ParallelLM(Llama):
+    """autotaper's Llama (embedding, rotary tables, final norm, head) with parallel blocks."""
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        T = idx.shape[1]
-        if T > self.spec.context_length:
-            raise InputError(f"sequence length {T} exceeds context_length {self.spec.context_length}")
-        x = self.embed(idx)
-        for block in self.layers:
-            x = block(x, self.rope_cos[:T], self.rope_sin[:T])
-        return self.lm_head(self.norm(x)) * self.logit_scale
+    block_class = ParallelBlock
 
 
 def candidate(trial) -> str:

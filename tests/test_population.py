@@ -213,3 +213,14 @@ def test_population_auto_is_one_on_a_cpu_and_fits_the_gpu_on_cuda(tmp_path):
         assert ev.population == auto_size(ev.base, 8) and 1 <= auto_size(spec, 16) <= AUTO_MAX
     else:
         assert ev.population == 1
+
+
+def test_a_population_too_large_for_memory_is_refused_before_anything_is_built(data, monkeypatch):
+    """The estimate single runs are checked with, times K: refused with the sizes, nothing allocated
+    (the members would be 440m models: building them would take seconds and gigabytes)."""
+    from autotaper import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 4 * 2**30)  # a 4 GiB machine
+    spec = at.ModelSpec.from_name("440m")
+    with pytest.raises(InputError, match=r"population: 3 members of 24 x \d+ at batch 8 need about [\d.]+ GiB; cpu has 4.0 GiB"):
+        train_population(spec, data, _configs([0, 1, 2]))

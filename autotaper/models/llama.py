@@ -93,6 +93,7 @@ class Block(nn.Module):
 
 class Llama(nn.Module):
     gated = False
+    block_class = Block  # a subclass may train another block on the same stream ends (examples/custom_family.py)
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -100,7 +101,7 @@ class Llama(nn.Module):
         self.logit_scale = logit_scale(spec)  # muP's output multiplier (1 under sp)
         D = spec.d_stream
         self.embed = nn.Embedding(spec.vocab_size, D)
-        self.layers = nn.ModuleList(Block(spec, i, self.gated) for i in range(spec.n_layers))
+        self.layers = nn.ModuleList(self.block_class(spec, i, self.gated) for i in range(spec.n_layers))
         self.norm = RMSNorm(D, spec.norm_eps)
         self.lm_head = nn.Linear(D, spec.vocab_size, bias=False)
         if spec.tie_embeddings:

@@ -122,6 +122,19 @@ def auto_size(spec: ModelSpec, batch_size: int, *, precision: str = "auto", devi
     return max(1, min(AUTO_MAX, int(room // per_member)))  # cuda only
 
 
+def _check_fits(template: ModelSpec, K: int, batch_size: int, precision: str, device) -> None:
+    """Refuse a population whose K padded members' training memory (one CUDA context) exceeds
+    the device's, by the estimate single runs are checked with (`memory.check_fits`)."""
+    from autotaper.memory import CUDA_CONTEXT_BYTES, available_bytes, training_bytes
+
+    per_member = training_bytes(template, batch_size, "bf16" if precision == "bf16" else "fp32") - CUDA_CONTEXT_BYTES
+    need = K * per_member + (CUDA_CONTEXT_BYTES if device.type == "cuda" else 0)
+    have = available_bytes(str(device))
+    if have is not None and need > have:
+        raise InputError(f"population: {K} members of {template.n_layers} x {template.d_model} at batch {batch_size} "
+                         f"need about {need / 2**30:,.1f} GiB; {device} has {have / 2**30:,.1f} GiB (fewer members)")
+
+
 def padding_waste(specs: Sequence[ModelSpec]) -> float:
     """The share of a population's weights that is padding: 1 - the members' parameters over
     K times the padded template's (0 for members of one shape)."""
@@ -171,6 +184,7 @@ def train_population(spec: ModelSpec | Sequence[ModelSpec], data: TokenData,
     precision = resolve_precision(config.precision, device)
     T, B = specs[0].context_length, config.batch_size
 
+    _check_fits(_template(specs), K, B, precision, device)  # before a byte of any member is allocated
     members = [build_model(s, seed=c.seed).to(device) for s, c in zip(specs, configs)]
     multipliers = [{n: (r.lr, r.eps, r.weight_decay) for n, r in rules(m, s).items()} for m, s in zip(members, specs)]
     for i, found in enumerate(multipliers[1:], 1):
