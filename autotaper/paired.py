@@ -104,9 +104,9 @@ class PairedEvaluator:
     def prefetch(self, specs: Iterable[ModelSpec], seeds: Iterable[int], *, train: Mapping[str, Any] | None = None) -> None:
         """Train the runs `compare` will need and the store lacks, uniform's too, in populations of
         up to `self.population` members (`autotaper.train.population`): members of one shape but
-        their MLP widths, grouped by width. Complete runs are stored under their usual keys; the
+        their MLP widths and heads, grouped by width. Complete runs are stored under their usual keys; the
         rest (and groups a population cannot hold) are left to `run`, which trains them one by one."""
-        from autotaper.train.population import group_by_width, train_population
+        from autotaper.train.population import PER_MEMBER_SPEC, group_by_width, train_population
 
         if self.out_dir:  # a population keeps no run folders
             return
@@ -119,9 +119,9 @@ class PairedEvaluator:
                 name = RUN_KEY.format(key=spec_key(spec, overrides), seed=seed)
                 if spec_key(spec, overrides) != spec_key(self.base, self.train) and self.store.get(name) is None:
                     wanted[name] = (spec, seed, overrides)
-        groups: dict[str, list[str]] = {}  # one shape but the MLP widths, one training recipe
+        groups: dict[str, list[str]] = {}  # one shape but the widths, one training recipe
         for name, (spec, _, ov) in wanted.items():
-            shape = {k: v for k, v in spec.to_dict().items() if k not in ("taper", "layer_ffn")}
+            shape = {k: v for k, v in spec.to_dict().items() if k not in PER_MEMBER_SPEC}
             groups.setdefault(json.dumps([shape, ov], sort_keys=True), []).append(name)
         for names in groups.values():
             for group in group_by_width([wanted[n][0] for n in names], self.population):

@@ -114,6 +114,39 @@ def test_candidates_of_different_mlp_widths_share_a_population_exactly(data):
     assert uniform.data_fingerprint == cosine.data_fingerprint and uniform.val_loss != cosine.val_loss
 
 
+def test_candidates_of_different_heads_share_a_population_exactly(data):
+    """Heads tapers (and an MLP taper) padded to each layer's most heads: each member equals its
+    single run, and the padded heads' weights are exactly zero after training."""
+    import torch
+
+    base = at.ModelSpec.from_name("tiny")
+    tapers = ["uniform", "heads:linear:1.5:0.5", "heads:cosine:0.5:1.5", "ffn:cosine:1.5:0.5"]
+    specs = [at.solve(base, t) for t in tapers]
+    assert len({s.layer_heads for s in specs}) == 3
+    configs = _configs([0, 1, 0, 1])
+    seen: dict = {}
+    for member, spec, config in zip(train_population(specs, data, configs, inspect=seen), specs, configs):
+        alone = train(spec, data, config, quiet=True)
+        assert member.params == alone.params
+        assert member.val_loss == pytest.approx(alone.val_loss, abs=FP32_TOLERANCE)
+    padded_heads = [n for n in seen["masks"] if "attn" in n]
+    assert padded_heads, "the heads differ: some attention weights are padding"
+    for name in padded_heads:
+        assert torch.count_nonzero(seen["params"][name][seen["masks"][name] == 0]) == 0, name
+
+
+def test_a_family_whose_layout_does_not_pad_as_a_prefix_is_refused(data):
+    """GPT fuses Q, K and V in one projection: a member with fewer heads than the template has its
+    K rows where the template's Q rows are, so its padded forward pass is not its own."""
+    base = dataclasses.replace(at.ModelSpec.from_name("tiny"), family="gpt")
+    specs = [at.solve(base, "uniform"), at.solve(base, "heads:linear:1.5:0.5")]
+    with pytest.raises(InputError, match="family 'gpt' does not pad member 0's widths exactly"):
+        train_population(specs, data, _configs([0, 1]))
+    same = train_population([at.solve(base, "ffn:linear:1.5:0.5"), at.solve(base, "ffn:linear:0.5:1.5")], data,
+                            _configs([0, 1]))  # its MLP pads as a prefix
+    assert [r.status for r in same] == ["complete", "complete"]
+
+
 def test_padding_waste_and_greedy_grouping_by_width():
     from autotaper.train.population import group_by_width, padding_waste
 
@@ -129,11 +162,14 @@ def test_padding_waste_and_greedy_grouping_by_width():
         group_by_width(specs, 0)
 
 
-def test_members_that_differ_in_more_than_mlp_widths_are_refused():
+def test_members_that_differ_in_more_than_mlp_widths_and_heads_are_refused():
     base = at.ModelSpec.from_name("tiny")
-    with pytest.raises(InputError, match="member 1 spec layer_heads"):
+    with pytest.raises(InputError, match="member 1 spec layer_d_model"):
         check_population(_configs([0, 1]), [at.solve(base, "ffn:cosine:1.5:0.5"),
-                                            at.solve(base, "heads:linear:1.5:0.5")])
+                                            dataclasses.replace(base, layer_d_model=(32, 32, 32, 16), taper="x")])
+    regrouped = dataclasses.replace(base, layer_heads=(4, 4, 4, 4), layer_kv_heads=(4, 2, 2, 2), taper="x")
+    with pytest.raises(InputError, match="member 1 layer 0 has 4 heads per 4 KV heads, member 0 4 per 2"):
+        check_population(_configs([0, 1]), [base, regrouped])
     with pytest.raises(InputError, match="repeats a spec and seed"):
         check_population(_configs([0, 0]), [base, base])
     with pytest.raises(InputError, match="2 specs for 3 configs"):
@@ -181,9 +217,12 @@ def test_a_bad_population_setting_is_refused_with_exit_2(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "autotaper", "confirm", "--study", "x", "--population", "0"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2 and "--population" in proc.stderr and "0" in proc.stderr
+    for command in (["confirm", "--study", "x"], ["search", "--space", "x.yaml"], ["ladder", "--space", "x.yaml"]):
+        for bad in ("0", "autox"):
+            proc = subprocess.run([sys.executable, "-m", "autotaper", *command, "--population", bad],
+                                  capture_output=True, text=True, cwd=tmp_path, timeout=120)
+            assert proc.returncode == 2 and "--population" in proc.stderr and repr(bad) in proc.stderr, proc.stderr
+            assert "Traceback" not in proc.stderr
     from autotaper.search import parse_space
     from tests.helpers import micro_space
 

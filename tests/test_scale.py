@@ -272,6 +272,44 @@ def test_ladder_on_two_tiny_shapes_writes_the_report_and_a_spec_at_the_exact_bud
     assert "(stored)" in again.stderr and "seed 1000: uniform" not in again.stderr
 
 
+@pytest.mark.slow
+def test_a_ladder_trains_its_runs_in_populations_with_the_same_numbers(ladder_space, tmp_path):
+    """`ladder --population 8`: every rung's racing baselines, candidates' first seeds and probe
+    set x fresh seeds train as populations (members share one training time), stored under the
+    keys one-at-a-time training uses, with the same per-seed deltas within the fp32 tolerance."""
+    import optuna
+
+    from autotaper.search.storage import open_storage
+    from tests.test_population import FP32_TOLERANCE
+
+    data = yaml.safe_load(ladder_space.read_text())
+    data["search"].update(sampler="random", seed=0)  # the same candidates whatever the values
+    ladder_space.write_text(yaml.safe_dump(data))
+    out = {}
+    for population in ("1", "8"):
+        cwd = tmp_path / f"p{population}"
+        cwd.mkdir()
+        r = _ladder(ladder_space, cwd, "--json", "--population", population)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs = {}
+        for rung in ("t4", "t6"):
+            study = optuna.load_study(study_name=f"lad-{rung}", storage=open_storage(f"sqlite:///{cwd}/ladder.db"))
+            runs[rung] = {k: v["train_time_s"] for k, v in study.user_attrs.items()
+                          if k.startswith(("run/", "baseline/"))}
+        out[population] = (json.loads(r.stdout.strip().splitlines()[-1]), runs)
+    (one, runs_one), (eight, runs_eight) = out["1"], out["8"]
+    assert one["probe_set"] == eight["probe_set"]
+    for a, b in zip(one["rungs"], eight["rungs"]):
+        assert a["deltas"].keys() == b["deltas"].keys()
+        for label in a["deltas"]:
+            assert a["deltas"][label] == pytest.approx(b["deltas"][label], abs=FP32_TOLERANCE), (a["name"], label)
+    for rung in ("t4", "t6"):
+        assert runs_one[rung].keys() == runs_eight[rung].keys()  # the same runs under the same keys
+        times = list(runs_eight[rung].values())
+        assert len(set(runs_one[rung].values())) == len(runs_one[rung])  # one at a time: a time each
+        assert len(set(times)) <= len(times) // 2, rung  # populations: members share theirs
+
+
 def test_ladder_refuses_bad_input_with_one_line(tmp_path, ladder_space):
     data = yaml.safe_load(ladder_space.read_text())
     data["ladder"]["rungs"][1]["d_model"] = -3

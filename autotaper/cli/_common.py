@@ -321,6 +321,16 @@ def _load_space(args):
         import dataclasses
 
         space.settings = dataclasses.replace(space.settings, seed=args.sampler_seed)
+    return with_population(space, getattr(args, "population", None))
+
+
+def with_population(space, population):
+    """`space` with its search.population replaced by a --population given (checked as in a space file)."""
+    if population is None:
+        return space
+    import dataclasses
+
+    space.settings = dataclasses.replace(space.settings, population=population)
     return space
 
 

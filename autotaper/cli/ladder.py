@@ -9,8 +9,10 @@ from pathlib import Path
 from autotaper.cli._common import (
     UsageError,
     _add_param_override,
+    _auto_or,
     _bounded,
     _duration,
+    with_population,
 )
 
 
@@ -22,6 +24,7 @@ def cmd_ladder(args) -> int:
                                 overrides={"parametrization": args.param, "depth_alpha": args.depth_alpha})
     if args.param is not None and args.param != "sp" and not args.prefix:
         space.name = f"{space.name}-{args.param}"  # its own rung studies: a study holds one parametrization
+    space = with_population(space, args.population)
     config = with_rules(config, budget_s=args.budget, seeds=args.seeds, top_k=args.top_k, n_trials=args.n_trials)
     target = args.target or config.target
     if not target:
@@ -60,6 +63,9 @@ def add_commands(sub) -> None:
                    "(default ladder.probe.top_k)")
     p.add_argument("--out", help="directory for ladder.json and the target spec (default runs/ladder/PREFIX)")
     _add_param_override(p)
+    p.add_argument("--population", type=_auto_or(_bounded(int, 1, 256)),
+                   help="train up to this many runs at once in one process, or auto: each rung's racing baselines, "
+                   "candidates' seeds and probe set x fresh seeds (default: the space's search.population)")
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_ladder)

@@ -271,6 +271,9 @@ def add_commands(sub) -> None:
                    "(default: the space's search.budget)")
     p.add_argument("--no-confirm", action="store_true", help="skip the confirmation on fresh seeds")
     p.add_argument("--sampler-seed", type=_bounded(int, 0, 2**32 - 1), help="override the space's search.seed")
+    p.add_argument("--population", type=_auto_or(_bounded(int, 1, 256)),
+                   help="train up to this many runs at once in one process, or auto (default: the space's "
+                   "search.population)")
     ray = p.add_argument_group("ray backend")
     ray.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start one)")
     ray.add_argument("--cpus-per-trial", type=_bounded(float, 0, 4096, low_open=True), help="default: the space's search.cpus_per_trial (1)")
@@ -318,9 +321,10 @@ def add_commands(sub) -> None:
     p.add_argument("--tokens-per-param", type=_bounded(float, 0, 1e6, low_open=True), help="or this many tokens per uniform parameter")
     p.add_argument("--no-decompose", action="store_true", help="do not retrain the verdict's taper under the "
                    "other parametrization (sp <-> mup)")
-    p.add_argument("--population", type=_bounded(int, 1, 256), default=1,
+    p.add_argument("--population", type=_auto_or(_bounded(int, 1, 256)), default=1,
                    help="train up to this many runs at once in one process (candidates x fresh seeds, grouped by "
-                   "MLP width; autotaper.train.population); 1: one at a time")
+                   "width; autotaper.train.population), or auto (as many as the device's memory fits); 1: one "
+                   "at a time")
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_confirm)

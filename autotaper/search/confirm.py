@@ -73,20 +73,21 @@ def pick(study, top_k: int, *, exclude: set[str] = frozenset()) -> list:
 def confirm_study(study, space: BaseSpace, data, *, top_k: int = Confirm.top_k, seeds: int = Confirm.seeds,
                   quiet: bool = True,
                   extra: Sequence[str] = (), decompose: bool = False, steps: int | None = None,
-                  tokens_per_param: float | None = None, population: int | None = None) -> dict:
+                  tokens_per_param: float | None = None, population: int | str | None = None) -> dict:
     """Confirm a study's best tapers on fresh seeds; the result is stored in the study.
     `extra`: more tapers (text) to confirm beside them, e.g. a ladder's shared probe set;
     each keeps its text as its name, and Holm's correction counts it. `decompose`: also train
     the verdict's taper under the other parametrization on the same seeds (`decomposition`).
     `steps` or `tokens_per_param`: every confirmation run (uniform's too) trains that long
     instead of the proxy's steps, so the verdict is measured nearer the target's regime.
-    `population`: train up to that many runs at once (`autotaper.train.population`; default
-    the space's search.population)."""
+    `population`: train up to that many runs at once (`autotaper.train.population`), or "auto"
+    (`population.auto_size`); default the space's search.population."""
     from autotaper.budget import solve, solve_report
     from autotaper.cost import count
     from autotaper.paired import spec_key
     from autotaper.search.objective import StudyStore, make_evaluator
     from autotaper.spec import ModelSpec
+    from autotaper.train.population import auto_size
 
     rule = Confirm(top_k=top_k, seeds=seeds, steps=steps, tokens_per_param=tokens_per_param)
     problems = rule.problems()
@@ -97,9 +98,11 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = Confirm.top_k, 
     if run_steps != space.proxy.steps:  # its own uniform runs and keys: a longer run is another run
         ev = make_evaluator(space, data, StudyStore(study), train={"steps": run_steps})
     if population is not None:
-        if isinstance(population, bool) or not isinstance(population, int) or not 1 <= population <= 256:
-            raise InputError(f"confirm: population must be an integer from 1 to 256, got {population!r}")
-        ev.population = population
+        if population != "auto" and (isinstance(population, bool) or not isinstance(population, int)
+                                     or not 1 <= population <= 256):
+            raise InputError(f"confirm: population must be an integer from 1 to 256 or auto, got {population!r}")
+        ev.population = population if population != "auto" else auto_size(ev.base, space.proxy.batch_size,
+                                                                          precision=space.proxy.precision)
     try:
         paper = solve_report(ev.base, PAPER_DEFAULT, constraint=space.proxy.constraint,
                              tolerance=space.proxy.tolerance).spec
@@ -264,7 +267,7 @@ def confirmed_verdict(conf: dict) -> dict:
 
 def confirm(*, storage: str | None = None, study_name: str, top_k: int = Confirm.top_k, seeds: int = Confirm.seeds,
             quiet: bool = False, steps: int | None = None, tokens_per_param: float | None = None,
-            decompose: bool = Confirm.decompose, population: int = 1) -> Confirmation:
+            decompose: bool = Confirm.decompose, population: int | str = 1) -> Confirmation:
     """`autotaper confirm --study X`: confirm any existing study's best tapers on fresh seeds."""
     from autotaper.search.study import check_corpus, load_study
 

@@ -1,18 +1,26 @@
 """A population: K runs trained in lockstep in one process, batched per layer.
 
 Members are (spec, seed) pairs: seeds of one spec, candidates of one family and depth that
-differ in their MLP widths, or both (candidates x seeds, the paired design). Each has its own
-initial weights (`build_model(spec, seed=...)`, as a single run), its own batches
-(`sample_batch(..., seed=...)`), its own gradient clipping, divergence check and evaluation.
-Members of different MLP widths are padded to each layer's widest member: the padded units'
-weights start at zero, so they add nothing to the forward pass, receive exactly zero gradient
-(their gate and up rows see a zero down column, their down column a zero activation), and Adam
-leaves them at zero; the gradients are also masked, so this holds whatever the family. Their weights are stacked along a leading
-population dimension (`torch.func.stack_module_state`) and the forward pass runs once for all of
-them (`torch.func.vmap` over `functional_call`), so every matmul is one batched matmul of K
-members instead of K small ones. One AdamW holds the stacked weights: its update is elementwise,
-so each member's slice moves exactly as that member's own optimizer would move it (the same
-parameter groups, learning-rate schedule, epsilon and weight decay of the spec's
+differ in their MLP widths or attention heads, or both (candidates x seeds, the paired design).
+Each has its own initial weights (`build_model(spec, seed=...)`, as a single run), its own
+batches (`sample_batch(..., seed=...)`), its own gradient clipping, divergence check and
+evaluation.
+
+Members of different widths are padded to each layer's widest member. The padded units' weights
+start at zero, so they add nothing to the forward pass (a padded MLP unit's down column is zero;
+a padded head's query, key and value rows are zero, so it attends uniformly to zero values, and
+its output columns are zero), receive exactly zero gradient, and Adam leaves them at zero; the
+gradients are also masked, so this holds whatever the family. A padded query head must fall in
+a padded KV head's group, so members agree on query heads per KV head; and each population
+checks once, on a probe sequence, that every member's padded forward pass equals its own
+model's, so a family whose layout is not a prefix (GPT's fused QKV projection, for heads) is
+refused and trains apart.
+
+The weights are stacked along a leading population dimension and the forward pass runs once
+for all members (`torch.func.vmap` over `functional_call`), so every matmul is one batched
+matmul of K members instead of K small ones. One AdamW holds the stacked weights: its update is
+elementwise, so each member's slice moves exactly as that member's own optimizer would move it
+(the same parameter groups, learning-rate schedule, epsilon and weight decay of the spec's
 parametrization).
 
 What differs from K single runs is float rounding only: a batched matmul may sum in another
@@ -20,10 +28,10 @@ order than a single one. `tests/test_population.py` states the tolerance and che
 that diverges stops: its result is recorded at the step it went bad, its loss no longer enters
 the backward pass, and the other members train on unchanged.
 
-Not built yet: members that differ in heads or residual width (padding those is not exact
-without masking inside attention and the norms), width-aware parametrizations whose per-layer
-multipliers differ between members (one optimizer group per layer cannot hold them), and a
-search or ladder that schedules populations.
+Not built yet: members that differ in residual width (padding the stream is not exact: the
+norms would average over padded channels) and width-aware parametrizations whose per-layer
+multipliers differ between members (one optimizer group per layer cannot hold them); those
+train one at a time.
 """
 
 from __future__ import annotations
@@ -52,8 +60,9 @@ PER_MEMBER = ("seed",)
 MAX_MEMBERS = 256
 
 
-# The ModelSpec fields members may differ in (with the taper text that made them).
-PER_MEMBER_SPEC = ("taper", "layer_ffn")
+# The ModelSpec fields members may differ in (with the taper text that made them): MLP widths
+# and attention heads, padded to each layer's widest member.
+PER_MEMBER_SPEC = ("taper", "layer_ffn", "layer_heads", "layer_kv_heads")
 
 
 def check_population(configs: Sequence[TrainConfig], specs: Sequence[ModelSpec] | None = None) -> None:
@@ -78,7 +87,13 @@ def check_population(configs: Sequence[TrainConfig], specs: Sequence[ModelSpec] 
             for key in shared:
                 if other.get(key) != shared[key]:
                     raise InputError(f"population: member {i} spec {key} {other.get(key)!r} differs from member "
-                                     f"0's {shared[key]!r} (members' specs may differ only in their MLP widths)")
+                                     f"0's {shared[key]!r} (members' specs may differ only in their MLP widths "
+                                     f"and heads)")
+            for layer, (h, kv, h0, kv0) in enumerate(zip(spec.layer_heads, spec.layer_kv_heads,
+                                                         specs[0].layer_heads, specs[0].layer_kv_heads)):
+                if h * kv0 != h0 * kv:  # a padded query head must fall in a padded KV head's group
+                    raise InputError(f"population: member {i} layer {layer} has {h} heads per {kv} KV heads, member "
+                                     f"0 {h0} per {kv0} (members' query heads per KV head must agree)")
     first = {k: v for k, v in configs[0].to_dict().items() if k not in PER_MEMBER}
     for i, c in enumerate(configs[1:], 1):
         other = {k: v for k, v in c.to_dict().items() if k not in PER_MEMBER}
@@ -150,16 +165,39 @@ def group_by_width(specs: Sequence[ModelSpec], size: int) -> list[list[int]]:
     and cut in order, so members of a population have similar widths and pad little."""
     if size < 1:
         raise InputError(f"population size must be >= 1, got {size!r}")
-    order = sorted(range(len(specs)), key=lambda i: (sum(specs[i].layer_ffn), specs[i].layer_ffn))
+    order = sorted(range(len(specs)), key=lambda i: (sum(specs[i].layer_heads), specs[i].layer_heads,
+                                                     sum(specs[i].layer_ffn), specs[i].layer_ffn))
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
 def _template(specs: Sequence[ModelSpec]) -> ModelSpec:
-    """The spec every member fits in: each layer's widest MLP."""
+    """The spec every member fits in: each layer's widest MLP and most heads."""
     import dataclasses
 
-    widest = tuple(max(widths) for widths in zip(*(s.layer_ffn for s in specs)))
-    return dataclasses.replace(specs[0], layer_ffn=widest, taper="population")
+    def widest(field):
+        return tuple(max(widths) for widths in zip(*(getattr(s, field) for s in specs)))
+
+    return dataclasses.replace(specs[0], taper="population", layer_ffn=widest("layer_ffn"),
+                               layer_heads=widest("layer_heads"), layer_kv_heads=widest("layer_kv_heads"))
+
+
+def _check_layout(template, params, buffers, members, tspec: ModelSpec) -> None:
+    """Refuse padding a family does not lay out as a prefix: each member's own forward pass on
+    one probe sequence must equal the padded template's (e.g. a fused QKV projection puts a
+    member's K rows where the template's Q rows are, so padding its heads is not exact)."""
+    from torch.func import functional_call, vmap
+
+    T = tspec.context_length
+    probe = (torch.arange(T, device=next(iter(params.values())).device) * 7919 % tspec.vocab_size).view(1, T)
+    with torch.no_grad():
+        padded = vmap(lambda p, b: functional_call(template, (p, b), (probe,)))(
+            {n: p.detach() for n, p in params.items()}, buffers)
+        for k, m in enumerate(members):
+            own = m(probe)
+            gap = float((padded[k] - own).abs().max())
+            if not gap <= 1e-4 * (1 + float(own.abs().max())):
+                raise InputError(f"population: family {tspec.family!r} does not pad member {k}'s widths exactly "
+                                 f"(its logits differ by {gap:.3g} from its own model's): train these apart")
 
 
 def train_population(spec: ModelSpec | Sequence[ModelSpec], data: TokenData,
@@ -208,6 +246,8 @@ def train_population(spec: ModelSpec | Sequence[ModelSpec], data: TokenData,
         if not bool(mask.all()):
             masks[name] = mask
     buffers = {n: torch.stack([m.get_buffer(n) for m in members]) for n, _ in template.named_buffers()}
+    if masks:
+        _check_layout(template, params, buffers, members, tspec)
     optimizer = _optimizer(members[0], config, device, specs[0], stacked=params)  # grouped as one member's
 
     def forward(p, b, x):
