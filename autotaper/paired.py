@@ -84,14 +84,16 @@ class PairedEvaluator:
     def _train(self, spec: ModelSpec, seed: int, overrides: Mapping[str, Any], callbacks: Iterable = ()) -> dict:
         from autotaper.train import train
 
-        out = None
-        if self.out_dir:
-            out = f"{self.out_dir}/{spec_key(spec, overrides)}-seed{seed}"
+        out = self._run_dir(spec, seed, overrides)
         t0 = time.perf_counter()
         r = train(spec, self.data, self.config(seed, overrides), callbacks=list(callbacks), quiet=self.quiet,
                   out_dir=out)
         self.trained += 1
         return self._entry(r, time.perf_counter() - t0)
+
+    def _run_dir(self, spec: ModelSpec, seed: int, overrides: Mapping[str, Any]) -> str | None:
+        """Where a run keeps its folder (checkpoints, metrics), if the evaluator keeps them."""
+        return f"{self.out_dir}/{spec_key(spec, overrides)}-seed{seed}" if self.out_dir else None
 
     def _entry(self, r, wall_s: float) -> dict:
         """A run's stored record, from its TrainResult."""
@@ -108,8 +110,6 @@ class PairedEvaluator:
         rest (and groups a population cannot hold) are left to `run`, which trains them one by one."""
         from autotaper.train.population import PER_MEMBER_SPEC, group_by_width, train_population
 
-        if self.out_dir:  # a population keeps no run folders
-            return
         overrides = {**self.train, **(train or {})}
         wanted: dict[str, tuple[ModelSpec, int, dict]] = {}  # store key -> spec, seed, training overrides
         for seed in seeds:
@@ -121,7 +121,9 @@ class PairedEvaluator:
                     wanted[name] = (spec, seed, overrides)
         groups: dict[str, list[str]] = {}  # one shape but the widths, one training recipe
         for name, (spec, _, ov) in wanted.items():
-            shape = {k: v for k, v in spec.to_dict().items() if k not in PER_MEMBER_SPEC}
+            # under sp, candidates of other widths share a population; width-aware parametrizations
+            # set per-layer multipliers from the widths, so there only seeds of one spec do
+            shape = {k: v for k, v in spec.to_dict().items() if k not in PER_MEMBER_SPEC or spec.parametrization != "sp"}
             groups.setdefault(json.dumps([shape, ov], sort_keys=True), []).append(name)
         for names in groups.values():
             for group in group_by_width([wanted[n][0] for n in names], self.population):
@@ -131,7 +133,8 @@ class PairedEvaluator:
                 t0 = time.perf_counter()
                 try:
                     results = train_population([wanted[n][0] for n in members], self.data,
-                                               [self.config(wanted[n][1], wanted[n][2]) for n in members])
+                                               [self.config(wanted[n][1], wanted[n][2]) for n in members],
+                                               out_dirs=[self._run_dir(*wanted[n]) for n in members])
                 except InputError:
                     continue  # e.g. width-aware multipliers that differ between members: one by one
                 wall = (time.perf_counter() - t0) / len(members)
@@ -293,11 +296,13 @@ class ParamComparison:
 def compare_parametrizations(bases: Mapping[str, ModelSpec], taper: str, data,
                              config: Callable[[int, Mapping[str, Any]], Any], *, seeds: Iterable[int],
                              constraint: str = "params", tolerance: float = 1e-3, quiet: bool = True,
-                             out_dir: str | None = None,
+                             out_dir: str | None = None, population: int = 1,
                              on_run: Callable[[str, str, SeedRun], None] | None = None) -> ParamComparison:
     """`taper` solved against each parametrization's uniform `bases[name]` and trained with it on
     the same `seeds` (seed-major: an interrupted call leaves whole seeds). Uniform is trained once
-    per seed for every parametrization under which it trains as sp does (at its own base shape)."""
+    per seed for every parametrization under which it trains as sp does (at its own base shape).
+    `population` > 1: each parametrization's runs (uniform and taper x seeds) train in populations
+    of up to that many (`PairedEvaluator.prefetch`)."""
     from autotaper.budget import solve
 
     shared: dict = {}
@@ -306,6 +311,11 @@ def compare_parametrizations(bases: Mapping[str, ModelSpec], taper: str, data,
                   for name, base in bases.items()}
     specs = {name: solve(base, taper, constraint=constraint, tolerance=tolerance) for name, base in bases.items()}
     out = {name: Comparison(name, spec) for name, spec in specs.items()}
+    seeds = list(seeds)
+    for name, ev in evaluators.items():
+        ev.population = population
+        if population > 1:
+            ev.prefetch([specs[name]], seeds)
     for seed in seeds:
         for name, ev in evaluators.items():
             r = ev.run(specs[name], seed)
@@ -321,7 +331,8 @@ def compare_parametrizations(bases: Mapping[str, ModelSpec], taper: str, data,
 
 def compare(baseline: ModelSpec, taper: str, data, config, *, params: Sequence[str] = ("sp",), seeds: int = 3,
             constraint: str = "params", tolerance: float = 1e-3, quiet: bool = True, out_dir: str | None = None,
-            on_run: Callable[[str, str, SeedRun], None] | None = None, **param_fields: Any) -> ParamComparison:
+            population: int = 1, on_run: Callable[[str, str, SeedRun], None] | None = None,
+            **param_fields: Any) -> ParamComparison:
     """`autotaper compare`: `taper` against the uniform `baseline` on seeds 0..`seeds`-1, each
     pair trained with `config` (a TrainConfig; its seed set per pair), under every
     parametrization in `params` (`param_fields`: depth_alpha, base_d_model, base_n_layers)."""
@@ -332,4 +343,4 @@ def compare(baseline: ModelSpec, taper: str, data, config, *, params: Sequence[s
     bases = {name: dataclasses.replace(baseline, parametrization=name, **param_fields) for name in params}
     return compare_parametrizations(bases, taper, data, lambda seed, overrides: dataclasses.replace(config, seed=seed),
                                     seeds=range(seeds), constraint=constraint, tolerance=tolerance, quiet=quiet,
-                                    out_dir=out_dir, on_run=on_run)
+                                    out_dir=out_dir, population=population, on_run=on_run)

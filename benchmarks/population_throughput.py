@@ -9,7 +9,9 @@ and on this machine's threads: one `train` after another (the baseline), and one
 this run, so a shared machine's speed cancels), and the largest difference in final
 validation loss between a member and its single run. Rows "seeds" are K seeds of one taper
 (no padding); rows "tapers" are K candidates (cosine strengths spread over -0.5..0.75) on one
-seed, padded to each layer's widest MLP, with the share of weights that is padding.
+seed, padded to each layer's widest MLP, with the share of weights that is padding. A last
+line per preset gives the matmul ceiling: one batched matmul of K members against K separate
+ones at the preset's MLP shape, the most batching can gain where matmuls dominate.
 """
 
 from __future__ import annotations
@@ -65,6 +67,45 @@ def main() -> None:
                 s_rate, p_rate = k * 3600 / (t1 - t0), k * 3600 / (t2 - t1)
                 print(f"{preset:<9} {kind:<7} {k:>3} {s_rate:>14.0f} {p_rate:>18.0f} {p_rate / s_rate:>6.2f} "
                       f"{diff:>12.2e} {padding_waste(specs):>8.1%}", flush=True)
+
+        print(matmul_ceiling(spec, args.batch_size, [int(x) for x in args.k.split(",")]), flush=True)
+
+
+def matmul_ceiling(spec, batch_size: int, ks: list[int]) -> str:
+    """The most batching can give where matmuls dominate: one batched matmul of K members' MLP
+    up-projections (tokens x d_model x ffn) against K separate ones, as a ratio of speeds. On a
+    CPU whose single matmul already fills the cores this is about 1, and a population can gain
+    only what it saves elsewhere."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n, d, f = batch_size * spec.context_length, spec.d_model, max(spec.layer_ffn)
+    parts = []
+    for k in ks:
+        x, w = torch.randn(k, n, d, device=device), torch.randn(k, d, f, device=device)
+
+        def one_by_one():
+            for i in range(k):
+                x[i] @ w[i]
+
+        def batched():
+            torch.bmm(x, w)
+
+        times = {}
+        for fn in (one_by_one, batched):
+            fn()
+            reps = max(3, 200 // k)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[fn.__name__] = time.perf_counter() - t0
+        parts.append(f"K={k} {times['one_by_one'] / times['batched']:.2f}x")
+    return f"{spec.taper} matmul ceiling ({n} x {d} x {f}, one bmm over K mm): " + ", ".join(parts)
+
 
 if __name__ == "__main__":
     main()

@@ -263,3 +263,99 @@ def test_a_population_too_large_for_memory_is_refused_before_anything_is_built(d
     spec = at.ModelSpec.from_name("440m")
     with pytest.raises(InputError, match=r"population: 3 members of 24 x \d+ at batch 8 need about [\d.]+ GiB; cpu has 4.0 GiB"):
         train_population(spec, data, _configs([0, 1, 2]))
+
+
+def test_a_population_keeps_each_members_run_folder_as_its_single_run_would(data, tmp_path):
+    """`out_dirs`: each member's folder is a single run's (spec, metrics, checkpoint, summary):
+    a single `train` on it finds the run finished and trains nothing, `load_run` loads the
+    member's weights, and the saved AdamW moments are the single run's within the tolerance."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from autotaper.data.tokens import val_windows
+    from autotaper.train.checkpoint import latest_checkpoint, load_run
+    from autotaper.train.evaluation import evaluate
+
+    base = at.ModelSpec.from_name("tiny")
+    specs = [at.solve(base, "uniform"), at.solve(base, "heads:linear:1.5:0.5")]
+    configs = _configs([0, 1], checkpoint_every=10)
+    dirs = [tmp_path / "pop" / str(k) for k in range(2)]
+    pop = train_population(specs, data, configs, out_dirs=dirs)
+    for member, spec, config, d in zip(pop, specs, configs, dirs):
+        assert member.run_dir == str(d) and member.resumed_from is None
+        again = train(spec, data, config, out_dir=d, quiet=True)  # finished: returned as stored, nothing trained
+        assert again.resumed_from == 20 and again.val_loss == member.val_loss
+        assert [json.loads(line)["step"] for line in (d / "metrics.jsonl").read_text().splitlines()] == [10, 20]
+        _, model, step = load_run(d)
+        windows = val_windows(data.val, n=config.eval_batches * 8, context_length=spec.context_length)
+        own = evaluate(model, windows, token_bytes=data.token_bytes, batch_size=8, precision="fp32", device="cpu")
+        assert step == 20 and own["val_loss"] == pytest.approx(member.val_loss, abs=1e-6)
+        alone = train(spec, data, config, out_dir=tmp_path / "alone" / d.name, quiet=True)
+        mine = load_file(str(latest_checkpoint(d) / "optimizer.safetensors"))
+        theirs = load_file(str(latest_checkpoint(tmp_path / "alone" / d.name) / "optimizer.safetensors"))
+        assert mine.keys() == theirs.keys() and len(mine) > 0  # the same parameters, in the same order
+        for key in mine:
+            assert mine[key].shape == theirs[key].shape, key
+            assert torch.allclose(mine[key], theirs[key], rtol=1e-2, atol=1e-6), key
+        assert alone.val_loss == pytest.approx(member.val_loss, abs=FP32_TOLERANCE)
+
+
+def test_a_population_resumes_its_members_from_their_checkpoints(data, tmp_path):
+    """Runs stopped at step 10 (their checkpoints single runs' own) resume together as one
+    population and end where uninterrupted runs end; members standing at different steps are
+    refused, and a folder of another run is refused naming what differs."""
+    from autotaper.train import Callback
+
+    class StopAt(Callback):
+        def on_eval(self, step, metrics):
+            return step >= 10
+
+    spec = at.solve(at.ModelSpec.from_name("tiny"), "ffn:cosine:1.5:0.5")
+    configs = _configs([0, 1, 2])
+    dirs = [tmp_path / f"s{c.seed}" for c in configs]
+    for config, d in zip(configs, dirs):
+        stopped = train(spec, data, config, out_dir=d, quiet=True, callbacks=[StopAt()])
+        assert stopped.status == "stopped" and stopped.steps == 10
+    resumed = train_population(spec, data, configs, out_dirs=dirs)
+    straight = train_population(spec, data, configs)
+    for a, b in zip(resumed, straight):
+        assert a.resumed_from == 10 and a.steps == 20 and a.data_fingerprint == b.data_fingerprint
+        assert [h["step"] for h in a.history] == [10, 20]
+        assert a.val_loss == pytest.approx(b.val_loss, abs=FP32_TOLERANCE)
+    train(spec, data, _configs([3])[0], out_dir=tmp_path / "s3", quiet=True, callbacks=[StopAt()])
+    with pytest.raises(InputError, match=r"checkpoints stand at steps \[0, 10\]"):
+        train_population(spec, data, _configs([3, 4]), out_dirs=[tmp_path / "s3", tmp_path / "s4"])
+    with pytest.raises(InputError, match="holds a checkpoint of a different run.*seed"):
+        train_population(spec, data, _configs([7]), out_dirs=[tmp_path / "s3"])
+
+
+def test_compare_with_a_population_keeps_the_same_runs_and_numbers(tmp_path):
+    """`autotaper compare --population 6 --out DIR` under sp and mup: the same per-seed values as
+    one at a time, every run's folder kept; sp's uniform and taper runs trained as one population
+    (one training time), mup's taper seeds as another (its multipliers are its widths')."""
+    import json
+    import subprocess
+    import sys
+
+    corpus = write_corpus(tmp_path / "corpus")
+    out = {}
+    for population in ("1", "6"):
+        r = subprocess.run([sys.executable, "-m", "autotaper", "compare", "--preset", "tiny", "--taper",
+                            "ffn:cosine:1.5:0.5", "--param", "sp,mup", "--seeds", "3", "--steps", "6", "--batch-size",
+                            "4", "--precision", "fp32", "--data", str(corpus), "--quiet", "--json", "--population",
+                            population, "--out", str(tmp_path / f"runs{population}")],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs = {p.name: json.loads((p / "summary.json").read_text()) for p in (tmp_path / f"runs{population}").iterdir()}
+        out[population] = (json.loads(r.stdout.strip().splitlines()[-1]), runs)
+    (one, runs_one), (six, runs_six) = out["1"], out["6"]
+    for param in ("sp", "mup"):
+        a, b = one["by_parametrization"][param], six["by_parametrization"][param]
+        assert a["values"] == pytest.approx(b["values"], abs=FP32_TOLERANCE)
+        assert a["baselines"] == pytest.approx(b["baselines"], abs=FP32_TOLERANCE)
+    assert runs_one.keys() == runs_six.keys() and len(runs_six) == 9  # uniform, sp taper, mup taper x 3 seeds
+    assert len({r["train_time_s"] for r in runs_one.values()}) == 9
+    assert len({r["train_time_s"] for r in runs_six.values()}) == 2
+    assert all(r["status"] == "complete" and r["run_dir"] for r in runs_six.values())

@@ -176,7 +176,7 @@ def cmd_compare(args) -> int:
 
     result = compare(base, args.taper, data, _train_config(args, 0, space), params=names, seeds=seeds,
                      constraint=args.constraint, tolerance=args.tolerance, quiet=args.quiet, out_dir=args.out,
-                     on_run=show, **fields)
+                     population=args.population, on_run=show, **fields)
     if several:
         for line in result.lines():
             print(line, file=sys.stderr)
@@ -269,6 +269,9 @@ def add_commands(sub) -> None:
     p.add_argument("--seeds", type=_bounded(int, 2, 1000), help=f"paired seeds, at least 2 (default {COMPARE_SEEDS}, "
                    "or the --space proxy's)")
     p.add_argument("--out", help="parent directory for the runs (default: none kept)")
+    p.add_argument("--population", type=_bounded(int, 1, 256), default=1,
+                   help="train up to this many runs at once in one process (uniform and taper x seeds, per "
+                   "parametrization; autotaper.train.population); 1: one at a time")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="write a trained run as a Hugging Face folder (config, weights, "

@@ -37,9 +37,11 @@ train one at a time.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,9 +53,26 @@ from autotaper.data.tokens import val_windows
 from autotaper.errors import InputError
 from autotaper.models import build_model
 from autotaper.spec import ModelSpec
+from autotaper.train.checkpoint import (
+    atomic_write_text,
+    latest_checkpoint,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
 from autotaper.train.config import TrainConfig
 from autotaper.train.evaluation import autocast_context, evaluate
-from autotaper.train.trainer import TrainResult, _corpus_summary, _optimizer, resolve_device, resolve_precision
+from autotaper.train.trainer import (
+    TrainResult,
+    _corpus_summary,
+    _differs,
+    _finished_result,
+    _Log,
+    _optimizer,
+    _write_run_files,
+    resolve_device,
+    resolve_precision,
+)
 
 # The TrainConfig fields members may differ in; every other field is the population's.
 PER_MEMBER = ("seed",)
@@ -201,23 +220,71 @@ def _check_layout(template, params, buffers, members, tspec: ModelSpec) -> None:
 
 
 def train_population(spec: ModelSpec | Sequence[ModelSpec], data: TokenData,
-                     configs: Sequence[TrainConfig], *, inspect: dict | None = None) -> list[TrainResult]:
+                     configs: Sequence[TrainConfig], *, out_dirs: Sequence[str | Path | None] | None = None,
+                     inspect: dict | None = None) -> list[TrainResult]:
     """Train one run per member, all at once: `spec` is one spec for every member or one per
-    member (differing only in MLP widths), and `configs` one per member (differing only in
-    seed). One `TrainResult` per member, in order, as `train` returns for a single run (no
-    checkpoints, no callbacks). `inspect`, a dict, receives the stacked weights ("params") and
-    the padding masks ("masks", 1 where a member's own weights are) as they end."""
+    member (differing only in MLP widths and heads), and `configs` one per member (differing
+    only in seed). One `TrainResult` per member, in order, as `train` returns for a single run
+    (no callbacks).
+
+    `out_dirs`, one per member (None: keep nothing): each member's run folder, written as
+    `train(out_dir=...)` writes it (spec, config, metrics, checkpoints every
+    `config.checkpoint_every` steps and at the end, summary), so `load_run`, `export` and a single
+    `train` read it as their own. A folder holding a checkpoint of the same run resumes it, from
+    a single run's checkpoint too; a finished one returns its stored result untrained. Members
+    resuming must stand at the same step (they train in lockstep). `inspect`, a dict, receives the
+    stacked weights ("params") and the padding masks ("masks", 1 where a member's own weights
+    are) as they end."""
+    configs = list(configs)
+    specs = [spec] * len(configs) if isinstance(spec, ModelSpec) else list(spec)
+    check_population(configs, specs)
+    dirs = [Path(d) if d else None for d in (out_dirs if out_dirs is not None else [None] * len(configs))]
+    if len(dirs) != len(configs):
+        raise InputError(f"population: {len(dirs)} out_dirs for {len(configs)} members (one each, None for none)")
+    if len({d.resolve() for d in dirs if d}) != sum(d is not None for d in dirs):
+        raise InputError("population: two members share an out_dir (one run folder each)")
+    data.check(vocab_size=specs[0].vocab_size, context_length=specs[0].context_length)
+    finished: dict[int, TrainResult] = {}
+    resume: dict[int, tuple[Path, dict]] = {}  # member -> its checkpoint and state
+    for k, d in enumerate(dirs):
+        ckpt = latest_checkpoint(d) if d else None
+        if ckpt is None:
+            continue
+        state = read_state(ckpt)  # the run's identity is checked before a byte of its weights is read
+        if state.get("identity") != _identity(specs[k], configs[k], data):
+            raise InputError(f"population: out_dir {str(d)!r} holds a checkpoint of a different run "
+                             f"({_differs(state.get('identity'), _identity(specs[k], configs[k], data))})")
+        done = _finished_result(d, state, configs[k])
+        if done is not None:
+            finished[k] = done
+        else:
+            resume[k] = (ckpt, state)
+    todo = [k for k in range(len(configs)) if k not in finished]
+    if todo:
+        starts = sorted({resume[k][1]["step"] if k in resume else 0 for k in todo})
+        if len(starts) > 1:
+            raise InputError(f"population: members' checkpoints stand at steps {starts}; members train in lockstep, "
+                             f"so resume these apart")
+        trained = _train([specs[k] for k in todo], data, [configs[k] for k in todo], [dirs[k] for k in todo],
+                         [resume.get(k) for k in todo], inspect)
+        finished.update(zip(todo, trained))
+    return [finished[k] for k in range(len(configs))]
+
+
+def _identity(spec: ModelSpec, config: TrainConfig, data: TokenData) -> dict:
+    """What a run's checkpoint records to be resumed only as itself (as `train` records it)."""
+    return {"spec": spec.to_dict(), "config": config.to_dict(), "corpus": data.manifest.get("content_sha256")}
+
+
+def _train(specs: list[ModelSpec], data: TokenData, configs: list[TrainConfig], dirs: list[Path | None],
+           resume: list[tuple[Path, dict] | None], inspect: dict | None) -> list[TrainResult]:
     from torch.func import functional_call, vmap
 
     from autotaper.families import get_family
     from autotaper.models.rules import rules
 
-    configs = list(configs)
-    specs = [spec] * len(configs) if isinstance(spec, ModelSpec) else list(spec)
-    check_population(configs, specs)
     config = configs[0]
     K = len(configs)
-    data.check(vocab_size=specs[0].vocab_size, context_length=specs[0].context_length)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     T, B = specs[0].context_length, config.batch_size
@@ -229,6 +296,16 @@ def train_population(spec: ModelSpec | Sequence[ModelSpec], data: TokenData,
         if found != multipliers[0]:
             raise InputError(f"population: member {i}'s {specs[i].parametrization} multipliers differ from member "
                              f"0's (widths set them): train these apart")
+    own_optimizers: list = [None] * K  # a resumed member's optimizer state, as its single run keeps it
+    start, train_time = 0, 0.0
+    fingerprints = [hashlib.sha256(b"autotaper").hexdigest() for _ in configs]
+    histories: list[list[dict]] = [[] for _ in configs]
+    for k, found in enumerate(resume):
+        if found is not None:
+            own_optimizers[k] = _optimizer(members[k], config, device, specs[k])
+            state = load_checkpoint(found[0], model=members[k], optimizer=own_optimizers[k], device=device)
+            start, fingerprints[k], histories[k] = state["step"], state["fingerprint"], state["history"]
+            train_time = max(train_time, state["train_time_s"])
     tspec = _template(specs)
     with torch.device("meta"):
         template = get_family(tspec.family).build(tspec)
@@ -249,6 +326,33 @@ def train_population(spec: ModelSpec | Sequence[ModelSpec], data: TokenData,
     if masks:
         _check_layout(template, params, buffers, members, tspec)
     optimizer = _optimizer(members[0], config, device, specs[0], stacked=params)  # grouped as one member's
+    if any(o is not None for o in own_optimizers):
+        _stack_optimizer_state(optimizer, params, members, own_optimizers)
+    for d, s, c in zip(dirs, specs, configs):
+        if d:
+            _write_run_files(d, s, c, data)
+    logs = [_Log(d, start, True) if d else None for d in dirs]
+
+    def region(k: int, p: torch.Tensor) -> tuple:
+        return (k, *(slice(0, n) for n in p.shape))
+
+    def checkpoint(step: int) -> None:
+        """Each member with a run folder: its weights and optimizer state cut out of the stacks
+        and saved as its single run's checkpoint."""
+        for k, d in enumerate(dirs):
+            if d is None or not alive[k]:
+                continue
+            single = _optimizer(members[k], config, device, specs[k])
+            with torch.no_grad():
+                for name, p in members[k].named_parameters():
+                    p.copy_(params[name][region(k, p)])
+                    found = optimizer.state.get(params[name])
+                    if found:
+                        single.state[p] = {key: (v.clone() if key == "step" else v[region(k, p)].clone())
+                                           for key, v in found.items()}
+            save_checkpoint(d, step=step, model=members[k], optimizer=single,
+                            state={"identity": _identity(specs[k], configs[k], data), "fingerprint": fingerprints[k],
+                                   "history": histories[k], "train_time_s": train_time})
 
     def forward(p, b, x):
         return functional_call(template, (p, b), (x,))
@@ -257,8 +361,6 @@ def train_population(spec: ModelSpec | Sequence[ModelSpec], data: TokenData,
     limit = config.diverge_loss or 2 * math.log(specs[0].vocab_size)
     windows = val_windows(data.val, n=config.eval_batches * B, context_length=T)
     alive = torch.ones(K, dtype=torch.bool)
-    fingerprints = [hashlib.sha256(b"autotaper").hexdigest() for _ in configs]
-    histories: list[list[dict]] = [[] for _ in configs]
     ended: list[dict | None] = [None] * K  # a diverged member's status, reason and step
     last_loss = [None] * K
 
@@ -272,9 +374,11 @@ def train_population(spec: ModelSpec | Sequence[ModelSpec], data: TokenData,
                 row = {"step": step, **evaluate(members[k], windows, token_bytes=data.token_bytes, batch_size=B,
                                                 precision=precision, device=device)}
                 histories[k].append(row)
+                if logs[k]:
+                    logs[k].write(row)
 
-    train_time = 0.0
-    for step in range(config.steps):
+    session_time = 0.0  # this call's training time (train_time goes on from a checkpoint's)
+    for step in range(start, config.steps):
         batches = [sample_batch(data.train, seed=c.seed, step=step, batch_size=B, context_length=T) for c in configs]
         for k, batch in enumerate(batches):
             fingerprints[k] = hashlib.sha256(bytes.fromhex(fingerprints[k]) + batch.tobytes()).hexdigest()
@@ -312,12 +416,16 @@ def train_population(spec: ModelSpec | Sequence[ModelSpec], data: TokenData,
                 for name, p in params.items():
                     p[~alive] = before[name]
         train_time += time.perf_counter() - t0
+        session_time += time.perf_counter() - t0
         done = step + 1
         for k in range(K):
             if alive[k]:
                 last_loss[k] = float(losses[k].detach())
         if done % config.eval_interval == 0 or done == config.steps:
             run_eval(done)
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
+            checkpoint(done)
+    checkpoint(config.steps)  # the finished members (a diverged one keeps no checkpoint, as a single run)
 
     if inspect is not None:
         inspect.update(params={n: p.detach() for n, p in params.items()}, masks=masks)
@@ -329,16 +437,44 @@ def train_population(spec: ModelSpec | Sequence[ModelSpec], data: TokenData,
         final = ({"val_loss": float("nan"), "val_ppl": float("nan"), "val_bpb": None} if end
                  else histories[k][-1])
         tokens = steps * B * T
-        results.append(TrainResult(
+        tok_s = (steps - start) * B * T / session_time if session_time > 0 else 0.0
+        result = TrainResult(
             status=end["status"] if end else "complete", reason=end["reason"] if end else None, steps=steps,
             val_loss=final["val_loss"], val_ppl=final["val_ppl"], val_bpb=final["val_bpb"],
-            train_loss=end["loss"] if end else last_loss[k], tokens=tokens,
-            tokens_per_s=tokens / train_time if train_time > 0 else 0.0, train_time_s=train_time,
-            data_fingerprint=fingerprints[k][:32], precision=precision, device=str(device), world_size=1,
-            params=cost.params, flops_per_token=cost.flops_per_token,
-            achieved_flops_per_s=(3 * cost.flops_per_token * tokens / train_time if train_time > 0 else 0.0),
-            parametrization=specs[k].parametrization, corpus=_corpus_summary(data), history=histories[k]))
+            train_loss=end["loss"] if end else last_loss[k], tokens=tokens, tokens_per_s=tok_s,
+            train_time_s=train_time, data_fingerprint=fingerprints[k][:32], precision=precision,
+            device=str(device), world_size=1, params=cost.params, flops_per_token=cost.flops_per_token,
+            achieved_flops_per_s=3 * cost.flops_per_token * tok_s, resumed_from=start if resume[k] else None,
+            parametrization=specs[k].parametrization, run_dir=str(dirs[k]) if dirs[k] else None,
+            corpus=_corpus_summary(data), history=histories[k])
+        if dirs[k]:
+            atomic_write_text(dirs[k] / "summary.json", json.dumps(result.to_dict(), indent=1))
+        results.append(result)
     return results
+
+
+def _stack_optimizer_state(optimizer, params: dict, members: list, own: list) -> None:
+    """Resumed members' AdamW state (moments and step) placed in the stacked optimizer's, each
+    in its member's slice; members that start afresh keep zero moments, as a new run's."""
+    by_param = {id(p): name for name, p in params.items()}
+    for group in optimizer.param_groups:
+        for stacked in group["params"]:
+            name = by_param[id(stacked)]
+            state = {}
+            for k, m in enumerate(members):
+                if own[k] is None:
+                    continue
+                p = m.get_parameter(name)
+                found = own[k].state.get(p)
+                if not found:
+                    continue
+                for key, value in found.items():
+                    if key == "step":
+                        state["step"] = value.clone()
+                    else:
+                        state.setdefault(key, torch.zeros_like(stacked))[(k, *(slice(0, n) for n in p.shape))] = value
+            if state:
+                optimizer.state[stacked] = state
 
 
 __all__ = ["AUTO_MAX", "PER_MEMBER", "PER_MEMBER_SPEC", "auto_size", "check_population", "group_by_width",

@@ -261,12 +261,7 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
         start = resumed_from = state["step"]
         fingerprint, history, train_time = state["fingerprint"], state["history"], state["train_time_s"]
     if run_dir and rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "spec.json", spec.to_json(indent=1))
-        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1))
-        tokenizer = data.root / "tokenizer.json" if data.root else None
-        if tokenizer is not None and tokenizer.is_file():  # for `autotaper export`
-            atomic_write_text(run_dir / "tokenizer.json", tokenizer.read_text())
+        _write_run_files(run_dir, spec, config, data)
     log = _Log(run_dir, start, rank == 0)
 
     train_model = model
@@ -428,6 +423,16 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
     for c in cbs:
         c.on_end(result)
     return result
+
+
+def _write_run_files(run_dir: Path, spec: ModelSpec, config: TrainConfig, data: TokenData) -> None:
+    """A run folder's spec, config and tokenizer, as `train` writes them."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "spec.json", spec.to_json(indent=1))
+    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1))
+    tokenizer = data.root / "tokenizer.json" if data.root else None
+    if tokenizer is not None and tokenizer.is_file():  # for `autotaper export`
+        atomic_write_text(run_dir / "tokenizer.json", tokenizer.read_text())
 
 
 def _differs(stored: Any, identity: dict) -> str:
