@@ -26,15 +26,16 @@ py=python3
 
 steps=(
   "env|10|nvidia-smi -L; $py -c 'import torch, sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))'"
-  "cuda_tests|100|$py -m pytest -q -rs -p no:cacheprovider tests/test_train.py tests/test_search.py tests/test_population.py -k 'cuda'"
-  "throughput_proxy_xs|45|$py benchmarks/train_throughput.py --preset proxy-xs --batch-size 16 --steps 30 --repeats 2"
-  "throughput_proxy_s|45|$py benchmarks/train_throughput.py --preset proxy-s --batch-size 16 --steps 30 --repeats 2"
-  "throughput_125m_compiled|80|$py benchmarks/train_throughput.py --preset 125m --batch-size 16 --steps 20 --repeats 2 --compile"
-  "throughput_440m_compiled|90|$py benchmarks/train_throughput.py --preset 440m --batch-size 8 --steps 15 --repeats 2 --compile"
-  "search_workers|60|$py benchmarks/gpu_search_throughput.py --workers 1,4,8 --steps 100 --trials-per-worker 2"
-  "population|60|$py benchmarks/population_throughput.py --presets proxy-xs,proxy-s,proxy-m --k 1,4,16 --steps 20 --batch-size 16"
+  "cuda_tests|80|$py -m pytest -q -rs -p no:cacheprovider tests/test_train.py tests/test_search.py tests/test_population.py -k 'cuda'"
+  "throughput_proxy_xs|40|$py benchmarks/train_throughput.py --preset proxy-xs --batch-size 16 --steps 30 --repeats 2"
+  "throughput_proxy_s|40|$py benchmarks/train_throughput.py --preset proxy-s --batch-size 16 --steps 30 --repeats 2"
+  "throughput_125m_compiled|70|$py benchmarks/train_throughput.py --preset 125m --batch-size 16 --steps 20 --repeats 2 --compile"
+  "throughput_440m_compiled|80|$py benchmarks/train_throughput.py --preset 440m --batch-size 8 --steps 15 --repeats 2 --compile"
+  "search_workers|55|$py benchmarks/gpu_search_throughput.py --workers 1,4,8 --steps 100 --trials-per-worker 2"
+  "population|55|$py benchmarks/population_throughput.py --presets proxy-xs,proxy-s,proxy-m --k 1,4,16 --steps 20 --batch-size 16"
+  "cuda_graphs|30|$py benchmarks/cuda_graphs.py --presets proxy-xs --steps 30 --repeats 2"
   "memory_estimate|20|$py benchmarks/memory_estimate.py --presets proxy-xs,proxy-s,proxy-m,125m"
-)
+)  # the limits add up to 480 s: the run book ends within 8 minutes whatever hangs
 
 for entry in "${steps[@]}"; do
   name="${entry%%|*}"; rest="${entry#*|}"; limit="${rest%%|*}"; cmd="${rest#*|}"

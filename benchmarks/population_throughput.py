@@ -68,7 +68,7 @@ def main() -> None:
                 print(f"{preset:<9} {kind:<7} {k:>3} {s_rate:>14.0f} {p_rate:>18.0f} {p_rate / s_rate:>6.2f} "
                       f"{diff:>12.2e} {padding_waste(specs):>8.1%}", flush=True)
 
-        print(matmul_ceiling(spec, args.batch_size, [int(x) for x in args.k.split(",")]), flush=True)
+        print(f"{preset} " + matmul_ceiling(spec, args.batch_size, [int(x) for x in args.k.split(",")]), flush=True)
 
 
 def matmul_ceiling(spec, batch_size: int, ks: list[int]) -> str:
@@ -104,7 +104,7 @@ def matmul_ceiling(spec, batch_size: int, ks: list[int]) -> str:
                 torch.cuda.synchronize()
             times[fn.__name__] = time.perf_counter() - t0
         parts.append(f"K={k} {times['one_by_one'] / times['batched']:.2f}x")
-    return f"{spec.taper} matmul ceiling ({n} x {d} x {f}, one bmm over K mm): " + ", ".join(parts)
+    return f"matmul ceiling ({n} x {d} x {f}, one bmm over K mm): " + ", ".join(parts)
 
 
 if __name__ == "__main__":

@@ -276,6 +276,44 @@ def test_cuda_compiled_tapered_training_and_divergence_without_per_step_sync(dat
     assert bad.status == "diverged" and bad.steps < 30 and f"step {bad.steps}" in bad.reason
 
 
+def test_a_compile_mode_is_taken_by_config_flag_and_space_and_a_bad_one_refused(tmp_path):
+    """`compile` is true, false or a torch.compile mode (reduce-overhead: CUDA graphs); anything
+    else is refused naming the field and the value, by the config, the space and the CLI (exit 2)."""
+    from autotaper.search import parse_space
+    from autotaper.train.compile import compile_mode
+    from autotaper.train.config import COMPILE_MODES as MODES
+    from tests.helpers import micro_space
+
+    assert TrainConfig(compile="reduce-overhead").compile == "reduce-overhead"
+    assert [compile_mode(v) for v in (False, True, "reduce-overhead")] == [None, "default", "reduce-overhead"]
+    with pytest.raises(ValueError, match="compile must be true, false or one of default, reduce-overhead.*got 'fast'"):
+        TrainConfig(compile="fast")
+    corpus = str(write_corpus(tmp_path / "corpus"))
+    assert parse_space(micro_space(corpus, proxy={"compile": "reduce-overhead"})).proxy.compile == "reduce-overhead"
+    with pytest.raises(ValueError, match="proxy.compile: must be true, false or one of .* got 'yes'"):
+        parse_space(micro_space(corpus, proxy={"compile": "yes"}))
+    from autotaper.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "--preset", "tiny", "--compile"]).compile is True
+    assert parser.parse_args(["train", "--preset", "tiny", "--compile", "reduce-overhead"]).compile == "reduce-overhead"
+    r = subprocess.run([sys.executable, "-m", "autotaper", "train", "--preset", "tiny", "--compile", "fast"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "--compile: must be one of " + ", ".join(MODES) + ", got 'fast'" in r.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_train_like_eager(data):
+    """`compile="reduce-overhead"` on CUDA: each block's graph replayed per step, the same losses
+    as eager within compile's float tolerance (benchmarks/cuda_graphs.py measures the speed)."""
+    spec = solve(ModelSpec.from_name("tiny", n_layers=3), "ffn:linear:1.5:0.5")
+    eager = train(spec, data, cfg(steps=8, device="cuda", eval_every=4), quiet=True)
+    graphs = train(spec, data, cfg(steps=8, device="cuda", eval_every=4, compile="reduce-overhead"), quiet=True)
+    assert graphs.status == "complete" and graphs.compile_s is not None
+    for a, b in zip(graphs.history, eager.history):
+        assert math.isclose(a["val_loss"], b["val_loss"], rel_tol=1e-3), (graphs.history, eager.history)
+
+
 def test_tensorboard_holds_the_metrics_the_run_logged(data, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

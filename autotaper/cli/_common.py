@@ -187,8 +187,9 @@ TRAIN_FLAGS = {
     "schedule": ("SCHEDULES", "the learning-rate schedule after warmup"),
     "precision": ("PRECISIONS", "auto: bf16 where the device runs it fast, else fp32"),
     "device": (str, "cpu, cuda, cuda:N, or auto (cuda when present)"),
-    "compile": (bool, "torch.compile each block (each distinct layer shape compiles once; the time is reported "
-                      "apart from tokens/s)"),
+    "compile": ("COMPILE", "torch.compile each block (each distinct layer shape compiles once; the time is reported "
+                           "apart from tokens/s); --compile MODE: that torch.compile mode, e.g. reduce-overhead "
+                           "(CUDA graphs)"),
     "eval_every": (_bounded(int, 1, 10_000_000), "steps between evaluations (None: four per run)"),
     "checkpoint_every": (_bounded(int, 0, 10_000_000), "steps between checkpoints (0: at the end only)"),
     "log_every": (_bounded(int, 1, 10_000_000), "steps between metrics.jsonl rows"),
@@ -213,6 +214,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         text = f"{text} (default: {defaults[name]}" + (", or the --space proxy's)" if name in PROXY_FLAGS else ")")
         if kind is bool:
             p.add_argument(flag, action="store_true", default=None, help=text)
+        elif kind == "COMPILE":
+            from autotaper.train.config import COMPILE_MODES as MODES
+
+            def mode(text: str) -> str:
+                if text not in MODES:
+                    raise argparse.ArgumentTypeError(f"must be one of {', '.join(MODES)}, got {text!r}")
+                return text
+
+            p.add_argument(flag, nargs="?", const=True, type=mode, default=None, metavar="MODE", help=text)
         elif isinstance(kind, str):
             p.add_argument(flag, choices=choices[kind], default=None, help=text)
         else:

@@ -123,7 +123,7 @@ class Proxy:
     eval_every: int | None = None
     precision: str = TrainConfig.precision
     schedule: str = TrainConfig.schedule
-    compile: bool = False  # torch.compile per block (`autotaper.train.compile`): for large proxies on a GPU
+    compile: bool | str = False  # torch.compile per block (`autotaper.train.compile`), or its mode: for GPUs
     strict_data: bool = False  # refuse a data folder holding non-text files instead of skipping them
     # sp, mup or completep (`autotaper.parametrization`): part of the study's identity
     parametrization: str = "sp"
@@ -151,9 +151,13 @@ class Proxy:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 out.append(f"proxy.{name}: must be a positive integer, got {v!r}")
-        for name in ("compile", "strict_data"):
-            if not isinstance(getattr(self, name), bool):
-                out.append(f"proxy.{name}: must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.strict_data, bool):
+            out.append(f"proxy.strict_data: must be true or false, got {self.strict_data!r}")
+        from autotaper.train.config import COMPILE_MODES
+
+        if not isinstance(self.compile, bool) and self.compile not in COMPILE_MODES:
+            out.append(f"proxy.compile: must be true, false or one of {', '.join(COMPILE_MODES)}, "
+                       f"got {self.compile!r}")
         for name, high in (("steps", MAX_STEPS), ("batch_size", 2**20), ("seeds", MAX_SEARCH_SEEDS)):
             found = _number_problem(f"proxy.{name}", getattr(self, name), low=1, high=high, integer=True)
             if found:

@@ -20,6 +20,19 @@ import torch
 
 from autotaper.models import block_list
 
+# The two modes that capture CUDA graphs replay each block's kernels in one launch, for small
+# proxies on a GPU whose step time is kernel launches rather than math (on a CPU they compile as
+# "default" does).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_mode(value: bool | str) -> str | None:
+    """The torch.compile mode of a TrainConfig.compile value (None: eager)."""
+    if value is True:
+        return "default"
+    return value or None
+
+
 # Block shapes compiled in this process, over every model (dynamo's cache is per process).
 _SEEN: set[tuple] = set()
 GRAPHS_PER_SHAPE = 2  # training (grad enabled) and evaluation (no_grad) guard differently
@@ -43,11 +56,11 @@ def block_shape(block: torch.nn.Module) -> tuple:
     return (type(block).__qualname__, tuple((n, tuple(p.shape)) for n, p in block.named_parameters()), ints)
 
 
-def compile_blocks(model: torch.nn.Module) -> CompileInfo:
-    """Compile each block of `model` in place (static shapes) and size dynamo's cache for
-    every block shape compiled in this process."""
+def compile_blocks(model: torch.nn.Module, mode: str = "default") -> CompileInfo:
+    """Compile each block of `model` in place (static shapes, torch.compile `mode`) and size
+    dynamo's cache for every block shape compiled in this process."""
     blocks = block_list(model)
-    shapes = {block_shape(b) for b in blocks}
+    shapes = {(mode, block_shape(b)) for b in blocks}
     new = len(shapes - _SEEN)
     _SEEN.update(shapes)
     config = torch._dynamo.config
@@ -57,5 +70,5 @@ def compile_blocks(model: torch.nn.Module) -> CompileInfo:
     if hasattr(config, "accumulated_recompile_limit"):
         config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 2 * limit)
     for block in blocks:
-        block.compile(dynamic=False)
+        block.compile(dynamic=False, mode=None if mode == "default" else mode)
     return CompileInfo(blocks=len(blocks), shapes=len(shapes), new_shapes=new, recompile_limit=limit)

@@ -16,6 +16,9 @@ def eval_interval(steps: int, eval_every: int | None) -> int:
     """Steps between evaluations: `eval_every`, or four evaluations spread over the run."""
     return eval_every or max(1, steps // 4)
 PRECISIONS = ("auto", "bf16", "fp32")
+# torch.compile modes a run may ask for (TrainConfig.compile: True is "default"; per block,
+# autotaper.train.compile): reduce-overhead and max-autotune capture CUDA graphs
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # 0: only at the end (when there is an out_dir)
     precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16 matmuls
-    compile: bool = False
+    compile: bool | str = False  # True or one of COMPILE_MODES: torch.compile per block
     device: str = "auto"
     diverge_loss: float | None = None  # None: twice the loss of a uniform guess, 2 ln(vocab)
 
@@ -74,6 +77,9 @@ class TrainConfig:
         if not (isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool)
                 and math.isfinite(self.eps) and self.eps > 0):
             raise InputError(f"eps must be a number > 0, got {self.eps!r}")
+        if not isinstance(self.compile, bool) and self.compile not in COMPILE_MODES:
+            raise InputError(f"compile must be true, false or one of {', '.join(COMPILE_MODES)}, "
+                             f"got {self.compile!r}")
         if self.diverge_loss is not None and not self.diverge_loss > 0:
             raise InputError(f"diverge_loss must be > 0, got {self.diverge_loss!r}")
 

@@ -269,14 +269,18 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    graphs = False  # CUDA graphs: each step marks where the last one's graph outputs may be reused
     if config.compile:  # per block, in place: the DDP wrapper and checkpoints see the eager names
-        from autotaper.train.compile import compile_blocks
+        from autotaper.train.compile import CUDA_GRAPH_MODES, compile_blocks, compile_mode
 
-        compile_blocks(model)
+        compile_blocks(model, compile_mode(config.compile))
+        graphs = device.type == "cuda" and config.compile in CUDA_GRAPH_MODES
     windows = val_windows(data.val, n=config.eval_batches * B, context_length=T)
     limit = config.diverge_loss or 2 * math.log(spec.vocab_size)
 
     def run_eval(step: int) -> dict:
+        if graphs:  # cuda only
+            torch.compiler.cudagraph_mark_step_begin()
         metrics = evaluate(model, windows, token_bytes=data.token_bytes, batch_size=B,
                            precision=precision, device=device)
         row = {"step": step, **metrics}
@@ -333,6 +337,8 @@ def train(spec: ModelSpec, data: TokenData, config: TrainConfig | None = None, *
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         loss_sum = torch.zeros((), device=device)
+        if graphs:  # cuda only
+            torch.compiler.cudagraph_mark_step_begin()
         for i in range(config.grad_accum):
             chunk = local[i * micro: (i + 1) * micro]
             sync = world == 1 or i == config.grad_accum - 1
