@@ -144,6 +144,10 @@ class PairedEvaluator:
                         self._prefetched.add(name)
                         self.trained += 1
 
+    def is_fresh(self, key: str) -> bool:
+        """Whether the run stored under `key` was trained by this evaluator's `prefetch`."""
+        return key in self._prefetched
+
     def baseline(self, seed: int) -> dict:
         """The uniform baseline on `seed`, trained once and kept in the store."""
         name = self.baseline_key(seed)

@@ -359,3 +359,39 @@ def test_compare_with_a_population_keeps_the_same_runs_and_numbers(tmp_path):
     assert len({r["train_time_s"] for r in runs_one.values()}) == 9
     assert len({r["train_time_s"] for r in runs_six.values()}) == 2
     assert all(r["status"] == "complete" and r["run_dir"] for r in runs_six.values())
+
+
+def test_a_calibration_trains_its_seeds_in_populations_with_the_same_numbers(tmp_path):
+    """`autotaper calibrate --population 8 --lr-sweep`: uniform and the paper's cosine on every
+    calibration seed as one population, each swept LR's seeds as another; the same SDs and sweep
+    within the tolerance, the same runs stored."""
+    import json
+    import subprocess
+    import sys
+
+    import optuna
+    import yaml
+
+    from autotaper.search.storage import open_storage
+    from tests.helpers import micro_space
+
+    corpus = str(write_corpus(tmp_path / "corpus"))
+    (tmp_path / "cal.yaml").write_text(yaml.safe_dump(micro_space(corpus, name="cal")))
+    out = {}
+    for population in ("1", "8"):
+        storage = f"sqlite:///{tmp_path}/c{population}.db"
+        r = subprocess.run([sys.executable, "-m", "autotaper", "calibrate", "--space", str(tmp_path / "cal.yaml"),
+                            "--storage", storage, "--lr-sweep", "--population", population, "--json", "--quiet"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        attrs = optuna.load_study(study_name="cal", storage=open_storage(storage)).user_attrs
+        runs = {k: v["train_time_s"] for k, v in attrs.items() if k.startswith(("run/", "baseline/"))}
+        out[population] = (json.loads(r.stdout.strip().splitlines()[-1]), runs)
+    (one, runs_one), (eight, runs_eight) = out["1"], out["8"]
+    assert runs_one.keys() == runs_eight.keys() and len(runs_one) == 3 * 2 + 3 * 2  # 3 seeds: 2 tapers, 2 more LRs
+    assert len(set(runs_eight.values())) == 3  # the seeds' uniform and cosine, then each swept LR's seeds
+    for key in ("uniform", "reference"):
+        assert one[key] == pytest.approx(eight[key], abs=FP32_TOLERANCE)
+    assert [row["lr"] for row in one["lr_sweep"]] == [row["lr"] for row in eight["lr_sweep"]]
+    for a, b in zip(one["lr_sweep"], eight["lr_sweep"]):
+        assert (a["mean"], a["delta"]) == pytest.approx((b["mean"], b["delta"]), abs=FP32_TOLERANCE)

@@ -303,6 +303,9 @@ def add_commands(sub) -> None:
                    "value 0.5x, 1x and 2x the proxy's (--lr: the former name)")
     p.add_argument("--target-mde", type=_positive(float), help="print the seeds this MDE needs")
     p.add_argument("--refresh", action="store_true", help="measure again even if the study holds a calibration")
+    p.add_argument("--population", type=_auto_or(_bounded(int, 1, 256)),
+                   help="train up to this many runs at once in one process, or auto (default: the space's "
+                   "search.population)")
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_calibrate)

@@ -12,7 +12,9 @@ bit-identical, which the tests check). From those runs:
 Everything lands in the study (`calibration`): the runs are the search's own baselines and
 the paper default trial's first seeds, so calibrating costs a search almost nothing extra.
 An optional LR sweep trains uniform at other learning rates on the same seeds, paired
-against the proxy's own LR.
+against the proxy's own LR. With `search.population` > 1 the seeds train as populations
+(uniform and the reference together, each swept LR's seeds together); the run-to-run repeat
+trains alone, as a search's single run would.
 """
 
 from __future__ import annotations
@@ -157,6 +159,10 @@ def measure_noise(study, space: BaseSpace, data, *, lrs: Sequence[float] = (), q
         f"{seeds[0]}..{seeds[-1]}")
     walls: list[float] = []
     uniform, ref_values = [], []
+    if ev.population > 1:  # uniform and the reference on every seed, as populations
+        ev.prefetch([reference] if reference is not None else [], seeds)
+        walls += [ev.store[ev.baseline_key(seed)]["train_wall_s"] for seed in seeds
+                  if ev.is_fresh(ev.baseline_key(seed))]
     for seed in seeds:
         before = ev.trained
         base = ev.baseline(seed)
@@ -193,6 +199,8 @@ def lr_sweep(ev, seeds: Sequence[int], lrs: Sequence[float], proxy_lr: float) ->
     """Uniform at each learning rate, paired by seed against uniform at the proxy's LR."""
     rows = []
     for lr in sorted(set(float(x) for x in lrs) | {float(proxy_lr)}):
+        if ev.population > 1 and lr != proxy_lr:  # this LR's seeds as one population
+            ev.prefetch([ev.base], seeds, train={"lr": lr})
         values, deltas = [], []
         for seed in seeds:
             r = ev.run(ev.base, seed, train={} if lr == proxy_lr else {"lr": lr})
