@@ -186,3 +186,30 @@ def test_ray_trials_train_on_the_drivers_tokens_not_their_own_disk(ray_instance,
     tried = [t for t in study.trials if "strength" in t.params]
     assert len(tried) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in tried), \
         [(t.state, t.user_attrs.get("reason")) for t in tried]
+
+
+def test_a_ray_trial_trains_its_seeds_as_a_population(corpus, ray_instance, tmp_path):
+    """`search.population: 2` on the Ray backend: each trial trains its two seeds as one population
+    in its worker (the two runs share one training time), stored under the keys the Optuna
+    backend uses one run at a time, with the same paired deltas within the fp32 tolerance."""
+    from autotaper.search import run_ray_search
+    from tests.test_population import FP32_TOLERANCE
+
+    one = run_search(micro(corpus), quiet=True, storage=f"sqlite:///{tmp_path}/one.db").storage
+    two = run_ray_search(micro(corpus, search={"population": 2}), quiet=True, storage=f"sqlite:///{tmp_path}/two.db",
+                         cpus_per_trial=1, tune_storage=str(tmp_path)).storage
+    attrs = {name: optuna.load_study(study_name="micro", storage=url).user_attrs
+             for name, url in (("one", one), ("two", two))}
+    runs = {name: {k: v for k, v in a.items() if k.startswith("run/")} for name, a in attrs.items()}
+    shared = set(runs["one"]) & set(runs["two"])
+    assert len(shared) >= 2  # the paper's cosine on both seeds at least (the micro search's reference)
+    pairs = {}
+    for key, entry in runs["two"].items():
+        pairs.setdefault(key.rsplit("/seed", 1)[0], []).append(entry["train_time_s"])
+    assert all(len(set(times)) == 1 for times in pairs.values() if len(times) == 2), pairs  # trained together
+    assert any(len(times) == 2 for times in pairs.values())
+    for key in shared:
+        seed = key.rsplit("seed", 1)[1]
+        delta_one = runs["one"][key]["value"] - attrs["one"][f"baseline/seed{seed}"]["value"]
+        delta_two = runs["two"][key]["value"] - attrs["two"][f"baseline/seed{seed}"]["value"]
+        assert delta_one == pytest.approx(delta_two, abs=FP32_TOLERANCE), key
