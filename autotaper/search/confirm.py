@@ -87,22 +87,18 @@ def confirm_study(study, space: BaseSpace, data, *, top_k: int = Confirm.top_k, 
     from autotaper.paired import spec_key
     from autotaper.search.objective import StudyStore, make_evaluator
     from autotaper.spec import ModelSpec
-    from autotaper.train.population import auto_size
 
     rule = Confirm(top_k=top_k, seeds=seeds, steps=steps, tokens_per_param=tokens_per_param)
     problems = rule.problems()
     if problems:
         raise InputError("; ".join(p.replace("search.confirm.", "confirm.") for p in problems))
-    ev = make_evaluator(space, data, StudyStore(study))
+    if population is not None and population != "auto" and (
+            isinstance(population, bool) or not isinstance(population, int) or not 1 <= population <= 256):
+        raise InputError(f"confirm: population must be an integer from 1 to 256 or auto, got {population!r}")
+    ev = make_evaluator(space, data, StudyStore(study), population=population)
     run_steps = rule.run_steps(space.proxy, count(ev.base).params, ev.base.context_length)
     if run_steps != space.proxy.steps:  # its own uniform runs and keys: a longer run is another run
-        ev = make_evaluator(space, data, StudyStore(study), train={"steps": run_steps})
-    if population is not None:
-        if population != "auto" and (isinstance(population, bool) or not isinstance(population, int)
-                                     or not 1 <= population <= 256):
-            raise InputError(f"confirm: population must be an integer from 1 to 256 or auto, got {population!r}")
-        ev.population = population if population != "auto" else auto_size(ev.base, space.proxy.batch_size,
-                                                                          precision=space.proxy.precision)
+        ev = make_evaluator(space, data, StudyStore(study), train={"steps": run_steps}, population=population)
     try:
         paper = solve_report(ev.base, PAPER_DEFAULT, constraint=space.proxy.constraint,
                              tolerance=space.proxy.tolerance).spec

@@ -150,10 +150,12 @@ class MemoryStore(dict):
 
 
 def make_evaluator(space: BaseSpace, data, store: MutableMapping, *, quiet: bool = True,
-                   train: dict | None = None) -> PairedEvaluator:
+                   train: dict | None = None, population: int | str | None = None) -> PairedEvaluator:
+    """The search's paired evaluator; `population` (default the space's search.population, "auto"
+    sized by `population.auto_size`) is how many runs it trains at once."""
     ev = PairedEvaluator(baseline_spec(space, data), data, lambda seed, o: train_config(space, seed, o),
                          store=store, quiet=quiet, train=train)
-    ev.population = space.settings.population
+    ev.population = space.settings.population if population is None else population
     if ev.population == "auto":
         from autotaper.train.population import auto_size
 

@@ -262,7 +262,7 @@ class Settings:
     stop_after_failures: int = 5
     # runs trained at once in one process (`autotaper.train.population`): the baselines of the
     # racing seeds, a candidate's first seeds (without pruning), the confirmation's candidates x
-    # fresh seeds, grouped by MLP width; 1 trains one run at a time, auto sizes it from the
+    # fresh seeds, grouped by width (MLP and heads); 1 trains one run at a time, auto sizes it from the
     # device (`population.auto_size`: 1 on a CPU)
     population: int | str = 1
 
