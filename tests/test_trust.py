@@ -95,7 +95,7 @@ class Scripted(PairedEvaluator):
 
 @pytest.fixture
 def scripted(monkeypatch):
-    def make(space, data, store, *, quiet=True):
+    def make(space, data, store, *, quiet=True, train=None, population=None):  # make_evaluator's signature
         return Scripted(objective_module.baseline_spec(space, data), data,
                         lambda seed, o: objective_module.train_config(space, seed, o), store=store)
 
